@@ -1,0 +1,52 @@
+# cachesvc: `make run` serves on 127.0.0.1:5000; `make test` installs everything the tests need and runs them.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# Real registry clients the end-to-end tests drive, and the peer registry benchmarks compare against.
+DEBIAN_TEST_PACKAGES := skopeo buildah docker.io docker-registry busybox-static umoci wrk shellcheck \
+	e2fsprogs xfsprogs util-linux iproute2 procps systemd
+
+.PHONY: run install install-test system-deps test lint bench bench-smoke clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
+	$(PIP) install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+install-test: $(VENV)/.installed-test
+
+run: install
+	$(VENV)/bin/cachesvc serve
+
+# Debian packages for the real-client tests; installs only what is missing (needs root, as CI is).
+system-deps:
+	@missing=""; for p in $(DEBIAN_TEST_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+lint: install-test
+	$(VENV)/bin/ruff check cachesvc tests benchmarks
+
+test: install-test system-deps lint
+	$(VENV)/bin/pytest -q -ra
+
+bench: install-test system-deps
+	$(PY) -m benchmarks.run --full
+
+bench-smoke: install-test system-deps
+	$(PY) -m benchmarks.run --smoke
+
+clean:
+	rm -rf $(VENV) .cachesvc-data .pytest_cache .ruff_cache

@@ -1,0 +1,216 @@
+"""The server: wires the store, the route table, error mapping, access logs and metrics into one handler.
+
+It runs on aiohttp's low-level ``web.Server`` with its own small router: the full ``web.Application`` stack costs
+several times more per request, which matters for the HEAD storms BuildKit sends on every cache export.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import time
+
+from aiohttp import web
+from aiohttp.web_request import BaseRequest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from cachesvc import logs
+from cachesvc.api.context import Registry
+from cachesvc.api.errors import RegistryError
+from cachesvc.api.routes import REGISTRY_ROUTES, Handler, Router
+from cachesvc.metrics import Metrics
+from cachesvc.settings import Settings
+from cachesvc.store.store import Store
+
+log = logging.getLogger("cachesvc.server")
+
+OPERATOR_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+COMMON_HEADERS = {"Docker-Distribution-Api-Version": "registry/2.0"}
+
+
+class Server:
+    """A cachesvc instance: store + HTTP handler. ``start()``/``close()`` bracket its life."""
+
+    def __init__(self, settings: Settings, *, store: Store | None = None) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.store = store or Store(settings, metrics=self.metrics)
+        self.registry = Registry(self.store, settings, self.metrics)
+        self.router = Router(REGISTRY_ROUTES)
+        self._ids = itertools.count(1)
+        self._id_prefix = os.urandom(3).hex()
+        self.inflight = 0
+        self.started = time.time()
+
+    async def start(self) -> None:
+        await self.store.start()
+
+    async def close(self) -> None:
+        await self.store.close()
+
+    # -- the one handler -----------------------------------------------------------------------------------
+    async def handle(self, request: BaseRequest) -> web.StreamResponse:
+        t0 = time.perf_counter()
+        rid = request.headers.get("X-Request-Id") or f"{self._id_prefix}-{next(self._ids)}"
+        path = request.rel_url.raw_path
+        method = request.method
+        route_label = "other"
+        params: dict[str, str] = {}
+        error: str | None = None
+        resp: web.StreamResponse | None = None
+        self.inflight += 1
+        try:
+            route_label, params, handler = self.resolve(method, path)
+            resp = await handler(self.registry, request, params)
+            resp.headers.update(COMMON_HEADERS)
+            resp.headers["X-Request-Id"] = rid
+            await resp.prepare(request)
+            await resp.write_eof()
+        except RegistryError as e:
+            error = e.code
+            resp = e.response(head=method == "HEAD")
+        except (asyncio.CancelledError, ConnectionError, TimeoutError) as e:
+            # The client went away (or stalled) mid-response: nothing more can be said to it.
+            self._finish(rid, method, path, route_label, params, 499, request, t0, type(e).__name__, None)
+            raise
+        except Exception as e:
+            error = f"{type(e).__name__}: {e}"
+            log.exception("request %s %s %s failed", rid, method, path)
+            if resp is not None and resp.prepared:
+                self._finish(rid, method, path, route_label, params, resp.status, request, t0, error, resp)
+                raise
+            resp = RegistryError("UNKNOWN", {"request_id": rid}, status=500).response(head=method == "HEAD")
+        finally:
+            self.inflight -= 1
+        if error is not None:
+            resp.headers.update(COMMON_HEADERS)
+            resp.headers["X-Request-Id"] = rid
+        self._finish(rid, method, path, route_label, params, resp.status, request, t0, error, resp)
+        return resp
+
+    def resolve(self, method: str, path: str) -> tuple[str, dict[str, str], Handler]:
+        """The route label, path parameters and handler for a request (405/404 as spec errors)."""
+        if not path.startswith("/v2"):
+            return (path if path in OPERATOR_PATHS else "other"), {}, self.operator_endpoint
+        found = self.router.match(path)
+        if found is None:
+            raise RegistryError("NAME_UNKNOWN", {"path": path[:200]}, message="no such endpoint")
+        route, params = found
+        handler = route.methods.get(method)
+        if handler is None and method == "HEAD" and "GET" in route.methods:
+            handler = route.methods["GET"]
+        if handler is None:
+            raise RegistryError("UNSUPPORTED", {"method": method}, message="method not allowed", status=405,
+                                headers={"Allow": ", ".join(sorted(route.methods))})
+        return route.template, params, handler
+
+    def _finish(self, rid: str, method: str, path: str, route: str, params: dict[str, str], status: int,
+                request: BaseRequest, t0: float, error: str | None,
+                resp: web.StreamResponse | None = None) -> None:
+        elapsed = time.perf_counter() - t0
+        self.metrics.requests.labels(method, route, str(status)).inc()
+        self.metrics.request_seconds.labels(route).observe(elapsed)
+        bytes_out = (resp.content_length or 0) if resp is not None and method != "HEAD" else 0
+        logs.access({
+            "id": rid, "method": method, "path": path.split("?")[0], "route": route,
+            "repo": params.get("name"), "status": status, "bytes_out": bytes_out,
+            "bytes_in": request.get("bytes_in", 0), "ms": round(elapsed * 1000, 2),
+            "cache": request.get("cache"), "error": error,
+        })
+
+    # -- operator endpoints ------------------------------------------------------------------------------------
+    async def operator_endpoint(self, reg: Registry, request: BaseRequest,
+                                p: dict[str, str]) -> web.StreamResponse:
+        path = request.rel_url.raw_path
+        if path == "/healthz":
+            return web.json_response({"status": "ok", "uptime_seconds": round(time.time() - self.started, 1)})
+        if path == "/readyz":
+            ready, checks = self.readiness()
+            return web.json_response({"status": "ready" if ready else "not ready", "checks": checks},
+                                     status=200 if ready else 503)
+        if path == "/metrics":
+            self.refresh_gauges()
+            return web.Response(body=generate_latest(self.metrics.registry),
+                                headers={"Content-Type": CONTENT_TYPE_LATEST})
+        raise RegistryError("NAME_UNKNOWN", {"path": path[:200]}, message="no such endpoint")
+
+    def readiness(self) -> tuple[bool, dict[str, object]]:
+        checks: dict[str, object] = {"store_open": self.store.opened}
+        try:
+            probe = self.store.layout.uploads / ".readyz"
+            with open(probe, "wb") as f:
+                f.write(b"ok")
+            os.unlink(probe)
+            checks["disk_writable"] = True
+        except OSError as e:
+            checks["disk_writable"] = f"no: {e.strerror}"
+        ready = checks["store_open"] is True and checks["disk_writable"] is True
+        return ready, checks
+
+    def refresh_gauges(self) -> None:
+        c = self.store.index.counters
+        m = self.metrics
+        m.stored_bytes.set(c["stored_bytes"])
+        m.disk_bytes.set(c["disk_bytes"])
+        m.blobs.set(c["blobs"])
+        m.manifests.set(c["manifests"])
+        m.roots.set(c["roots"])
+        m.budget_bytes.set(self.settings.max_size)
+        st = os.statvfs(self.store.layout.root)
+        m.free_bytes.set(st.f_bavail * st.f_frsize)
+        m.upload_sessions.set(self.store.uploads.count)
+
+
+async def serve(settings: Settings, *, ready: asyncio.Event | None = None,
+                stop: asyncio.Event | None = None) -> None:
+    """Run until ``stop`` is set (or SIGTERM/SIGINT): open the store, listen, drain on the way out."""
+    import signal
+
+    server = Server(settings)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    stop = stop or asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # pragma: no cover - not the main thread
+            pass
+    low_level = web.Server(server.handle, access_log=None, read_bufsize=1 << 20, max_field_size=16384,
+                           max_line_size=16384, keepalive_timeout=75)
+    try:
+        listener = await loop.create_server(low_level, settings.host or None, settings.port, backlog=1024,
+                                            reuse_address=True)
+    except OSError as e:
+        await server.close()
+        raise SystemExit(f"cachesvc: cannot listen on {settings.listen}: {e.strerror}") from None
+    log.info("cachesvc serving on http://%s (root %s)", settings.listen, server.store.layout.root)
+    _notify_systemd(b"READY=1")
+    if ready is not None:
+        ready.set()
+    await stop.wait()
+    log.info("shutting down: draining %d in-flight request(s)", server.inflight)
+    _notify_systemd(b"STOPPING=1")
+    listener.close()
+    await low_level.shutdown(timeout=10)
+    listener.close()
+    await server.close()
+    log.info("stopped")
+
+
+def _notify_systemd(message: bytes) -> None:
+    """sd_notify without a dependency: one datagram to $NOTIFY_SOCKET (Type=notify units)."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return
+    import socket
+
+    if path.startswith("@"):
+        path = "\0" + path[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(path)
+            s.sendall(message)
+        except OSError as e:
+            log.warning("could not notify systemd: %s", e)

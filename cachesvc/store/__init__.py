@@ -1,0 +1,1 @@
+"""Everything durable: blob files on the filesystem and the metadata index in RocksDB."""

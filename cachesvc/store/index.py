@@ -1,0 +1,618 @@
+"""The metadata index in RocksDB: the only module that knows its key schema.
+
+Column families (keys are bytes; ``\\0`` separates parts, since no repository name, tag or digest contains it;
+``<t>`` is a big-endian unsigned 64-bit time in milliseconds, so byte order is time order):
+
+================  =====================================  =======================================================
+column family     key                                    value
+================  =====================================  =======================================================
+blobs             ``<digest>``                           :class:`BlobRecord` (size, times, lease, orphan time)
+links             ``<digest>\\0<repo>``                   size (8 bytes LE): the blob is visible in that repo
+manifests         ``<repo>\\0<digest>``                   :class:`ManifestRecord` (media type, size, references)
+bodies            ``<repo>\\0<digest>``                   the manifest's exact bytes
+tags              ``<repo>\\0<tag>``                      manifest digest
+manifest_tags     ``<repo>\\0<digest>\\0<tag>``            empty: reverse of ``tags``
+blob_refs         ``<digest>\\0<repo>\\0<manifest digest>`` empty: that manifest references the blob
+child_refs        ``<repo>\\0<child>\\0<parent>``          empty: index ``parent`` lists manifest ``child``
+referrers         ``<repo>\\0<subject>\\0<digest>``        descriptor JSON of a manifest whose subject is ``subject``
+lru               ``<t last use><repo>\\0<digest>``       empty: one entry per *root*, ordered by last use
+orphans           ``<t eligible><digest>``               empty: blobs no manifest references, by when they may go
+uploads           ``<session id>``                       :class:`UploadRecord`
+repos             ``<repo>``                              empty: repositories that ever held content
+meta              ``counter:<name>``                      signed 64-bit LE counters (stored bytes, blob count…)
+                  ``unlink:<digest>``                     a blob file to remove (crash-safe deletion intent)
+                  ``commit:<digest>``                     a blob file being renamed in (crash-safe add intent)
+================  =====================================  =======================================================
+
+A *root* is a manifest that is tagged, or that no index in its repository lists; exactly the roots have an
+``lru`` entry, so the least recently used root is the first key of ``lru`` (O(log n), no scan), and the blobs
+that may go are the first keys of ``orphans``. Every mutation is one :class:`Mutation` written as one atomic
+RocksDB WriteBatch, with the counters in the same batch, so a crash leaves either all of it or none of it.
+Mutations run on the event-loop thread without awaiting, so they never interleave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rocksdict import Options, ReadOptions, Rdict, WriteBatch, WriteOptions
+
+from cachesvc.store.records import BlobRecord, ManifestRecord, UploadRecord
+
+SEP = b"\x00"
+COLUMN_FAMILIES = ("blobs", "links", "manifests", "bodies", "tags", "manifest_tags", "blob_refs", "child_refs",
+                   "referrers", "lru", "orphans", "uploads", "repos", "meta")
+COUNTERS = ("stored_bytes", "disk_bytes", "blob_bytes", "manifest_bytes", "blobs", "manifests", "roots")
+_T = struct.Struct(">Q")
+_I64 = struct.Struct("<q")
+_U64 = struct.Struct("<Q")
+
+
+def t_key(ms: int) -> bytes:
+    return _T.pack(max(0, ms))
+
+
+def _k(*parts: str) -> bytes:
+    return SEP.join(p.encode() for p in parts)
+
+
+def _split(key: bytes, n: int) -> list[str]:
+    return [p.decode() for p in key.split(SEP, n - 1)]
+
+
+@dataclass(slots=True)
+class Removed:
+    """What a mutation took away: for metrics, logs and the files to delete after the batch is written."""
+
+    manifests: list[tuple[str, str, int]]
+    blobs: list[tuple[str, int]]
+
+
+class Mutation:
+    """A WriteBatch that can read its own writes, so multi-step changes (cascades) see a consistent state."""
+
+    def __init__(self, index: Index) -> None:
+        self.index = index
+        self.batch = WriteBatch(raw_mode=True)
+        self.overlay: dict[tuple[str, bytes], bytes | None] = {}
+        self.deltas: dict[str, int] = {}
+        self.removed = Removed([], [])
+        self.new_orphans: list[str] = []
+
+    # -- raw access ------------------------------------------------------------------------------------
+    def get(self, cf: str, key: bytes) -> bytes | None:
+        hit = self.overlay.get((cf, key), b"\x01missing")
+        if hit != b"\x01missing":
+            return hit
+        return self.index.cf[cf].get(key)
+
+    def put(self, cf: str, key: bytes, value: bytes = b"") -> None:
+        self.overlay[(cf, key)] = value
+        self.batch.put(key, value, self.index.handles[cf])
+
+    def delete(self, cf: str, key: bytes) -> None:
+        self.overlay[(cf, key)] = None
+        self.batch.delete(key, self.index.handles[cf])
+
+    def count(self, name: str, delta: int) -> None:
+        self.deltas[name] = self.deltas.get(name, 0) + delta
+
+    def keys_with_prefix(self, cf: str, prefix: bytes) -> list[bytes]:
+        """Keys under ``prefix`` as this mutation sees them (stored ones, minus deleted, plus added)."""
+        found = {k for k in self.index.scan_keys(cf, prefix) if self.overlay.get((cf, k), b"") is not None}
+        found.update(k for (c, k), v in self.overlay.items() if c == cf and v is not None and k.startswith(prefix))
+        return sorted(found)
+
+    def has_prefix(self, cf: str, prefix: bytes) -> bool:
+        for (c, k), v in self.overlay.items():
+            if c == cf and v is not None and k.startswith(prefix):
+                return True
+        return any(self.overlay.get((cf, k), b"") is not None for k in self.index.scan_keys(cf, prefix))
+
+    # -- typed access ----------------------------------------------------------------------------------
+    def blob(self, digest: str) -> BlobRecord | None:
+        raw = self.get("blobs", digest.encode())
+        return BlobRecord.decode(raw) if raw else None
+
+    def put_blob(self, digest: str, rec: BlobRecord) -> None:
+        self.put("blobs", digest.encode(), rec.encode())
+
+    def manifest(self, repo: str, digest: str) -> ManifestRecord | None:
+        raw = self.get("manifests", _k(repo, digest))
+        return ManifestRecord.decode(raw) if raw else None
+
+
+class WalSyncer:
+    """Group commit: callers that need their writes durable share one WAL fsync instead of paying one each."""
+
+    def __init__(self, db: Rdict) -> None:
+        self.db = db
+        self._next: asyncio.Future[None] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def sync(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._next is None:
+            self._next = loop.create_future()
+        fut = self._next
+        if self._task is None or self._task.done():
+            self._task = loop.create_task(self._run())
+        await asyncio.shield(fut)
+
+    async def _run(self) -> None:
+        while self._next is not None:
+            fut, self._next = self._next, None
+            try:
+                await asyncio.to_thread(self.db.flush_wal, True)
+            except Exception as e:  # pragma: no cover - disk failure
+                fut.set_exception(e)
+            else:
+                fut.set_result(None)
+
+
+class Index:
+    """Typed reads and atomic mutations of the metadata; see the module docstring for the schema."""
+
+    def __init__(self, path: Path, *, clock: Callable[[], float]) -> None:
+        self.path = Path(path)
+        self.clock = clock
+        opts = Options(raw_mode=True)
+        opts.create_if_missing(True)
+        opts.create_missing_column_families(True)
+        opts.set_keep_log_file_num(3)
+        opts.set_max_background_jobs(2)
+        opts.set_max_total_wal_size(64 * 1024 * 1024)
+        self.db = Rdict(str(self.path), opts, column_families={name: Options(raw_mode=True)
+                                                                for name in COLUMN_FAMILIES})
+        self.cf = {name: self.db.get_column_family(name) for name in COLUMN_FAMILIES}
+        self.handles = {name: self.db.get_column_family_handle(name) for name in COLUMN_FAMILIES}
+        self.write_options = WriteOptions()
+        self.write_options.sync = False
+        self.syncer = WalSyncer(self.db)
+        self.counters = {name: self._read_counter(name) for name in COUNTERS}
+
+    def close(self) -> None:
+        self.db.flush_wal(True)
+        self.db.close()
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    # -- plumbing ----------------------------------------------------------------------------------------
+    def _read_counter(self, name: str) -> int:
+        raw = self.cf["meta"].get(b"counter:" + name.encode())
+        return _I64.unpack(raw)[0] if raw else 0
+
+    def scan(self, cf: str, prefix: bytes = b"", start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        """Items of ``cf`` under ``prefix`` in key order, from ``start`` (inclusive) if given."""
+        it = self.cf[cf].iter(ReadOptions())
+        it.seek(start if start is not None and start > prefix else prefix)
+        while it.valid():
+            key = it.key()
+            if not key.startswith(prefix):
+                break
+            yield key, it.value()
+            it.next()
+
+    def scan_keys(self, cf: str, prefix: bytes) -> Iterator[bytes]:
+        for key, _ in self.scan(cf, prefix):
+            yield key
+
+    def mutation(self) -> Mutation:
+        return Mutation(self)
+
+    def write(self, m: Mutation) -> None:
+        """Apply a mutation atomically (not yet fsynced: ``await sync()`` for that)."""
+        new = {name: self.counters[name] + d for name, d in m.deltas.items() if d}
+        for name, value in new.items():
+            m.batch.put(b"counter:" + name.encode(), _I64.pack(value), self.handles["meta"])
+        self.db.write(m.batch, self.write_options)
+        self.counters.update(new)
+
+    async def sync(self) -> None:
+        """Wait until everything written so far survives power loss (group-committed WAL fsync)."""
+        await self.syncer.sync()
+
+    # -- hot reads ---------------------------------------------------------------------------------------
+    def linked_size(self, digest: str, repo: str) -> int | None:
+        """Size of the blob if it is visible in ``repo``: one point lookup, for HEAD/GET blob."""
+        raw = self.cf["links"].get(_k(digest, repo))
+        return _U64.unpack(raw)[0] if raw is not None else None
+
+    def blob(self, digest: str) -> BlobRecord | None:
+        raw = self.cf["blobs"].get(digest.encode())
+        return BlobRecord.decode(raw) if raw else None
+
+    def tag(self, repo: str, tag: str) -> str | None:
+        raw = self.cf["tags"].get(_k(repo, tag))
+        return raw.decode() if raw else None
+
+    def manifest(self, repo: str, digest: str) -> ManifestRecord | None:
+        raw = self.cf["manifests"].get(_k(repo, digest))
+        return ManifestRecord.decode(raw) if raw else None
+
+    def body(self, repo: str, digest: str) -> bytes | None:
+        return self.cf["bodies"].get(_k(repo, digest))
+
+    def manifest_head(self, repo: str, digest: str) -> tuple[str, int] | None:
+        rec = self.manifest(repo, digest)
+        return (rec.media_type, rec.size) if rec else None
+
+    def repo_exists(self, repo: str) -> bool:
+        return self.cf["repos"].get(repo.encode()) is not None
+
+    def upload(self, session_id: str) -> UploadRecord | None:
+        raw = self.cf["uploads"].get(session_id.encode())
+        return UploadRecord.decode(raw) if raw else None
+
+    # -- listings ----------------------------------------------------------------------------------------
+    def tags(self, repo: str, last: str | None = None, limit: int | None = None) -> list[str]:
+        prefix = repo.encode() + SEP
+        start = prefix + last.encode() + SEP if last else None  # first key after ``last``
+        out: list[str] = []
+        for key, _ in self.scan("tags", prefix, start):
+            out.append(key[len(prefix):].decode())
+            if limit is not None and len(out) >= limit:
+                break
+        return out
+
+    def repos(self, last: str | None = None, limit: int | None = None) -> list[str]:
+        start = last.encode() + SEP if last else None
+        out: list[str] = []
+        for key, _ in self.scan("repos", b"", start):
+            out.append(key.decode())
+            if limit is not None and len(out) >= limit:
+                break
+        return out
+
+    def tags_of(self, repo: str, digest: str) -> list[str]:
+        prefix = _k(repo, digest) + SEP
+        return [k[len(prefix):].decode() for k in self.scan_keys("manifest_tags", prefix)]
+
+    def referrers(self, repo: str, subject: str) -> list[dict[str, Any]]:
+        prefix = _k(repo, subject) + SEP
+        return [json.loads(v) for _, v in self.scan("referrers", prefix)]
+
+    def manifests_using_blob(self, digest: str) -> list[tuple[str, str]]:
+        prefix = digest.encode() + SEP
+        out = []
+        for key in self.scan_keys("blob_refs", prefix):
+            repo, mdigest = _split(key[len(prefix):], 2)
+            out.append((repo, mdigest))
+        return out
+
+    def roots_by_age(self, start: bytes | None = None) -> Iterator[tuple[bytes, int, str, str]]:
+        """Roots from least to most recently used: ``(lru key, last use ms, repo, digest)``."""
+        for key, _ in self.scan("lru", b"", start):
+            repo, digest = _split(key[8:], 2)
+            yield key, _T.unpack(key[:8])[0], repo, digest
+
+    def due_orphans(self, now_ms: int) -> Iterator[tuple[bytes, str]]:
+        """Unreferenced blobs whose grace has run out by ``now_ms``."""
+        for key, _ in self.scan("orphans"):
+            if _T.unpack(key[:8])[0] > now_ms:
+                break
+            yield key, key[8:].decode()
+
+    def pending_unlinks(self) -> list[str]:
+        return [k[len(b"unlink:"):].decode() for k in self.scan_keys("meta", b"unlink:")]
+
+    def pending_commits(self) -> list[str]:
+        return [k[len(b"commit:"):].decode() for k in self.scan_keys("meta", b"commit:")]
+
+    def uploads(self) -> Iterator[tuple[str, UploadRecord]]:
+        for key, value in self.scan("uploads"):
+            yield key.decode(), UploadRecord.decode(value)
+
+    # -- blob mutations ------------------------------------------------------------------------------------
+    def begin_commit(self, digest: str) -> None:
+        """Record that a blob file is about to be renamed in, so a crash before the index knows it is undone."""
+        m = self.mutation()
+        m.put("meta", b"commit:" + digest.encode())
+        self.write(m)
+
+    def add_blob(self, digest: str, size: int, repo: str, grace_ms: int) -> bool:
+        """Index a verified blob file (new or already known) and make it visible in ``repo``."""
+        m = self.mutation()
+        now = self.now_ms()
+        rec = m.blob(digest)
+        created = rec is None
+        if rec is None:
+            rec = BlobRecord(size=size, created=now, last_used=now)
+            m.count("stored_bytes", size)
+            m.count("disk_bytes", size)
+            m.count("blob_bytes", size)
+            m.count("blobs", 1)
+        self._lease(m, digest, rec, now + grace_ms)
+        self._link(m, digest, repo, rec.size)
+        m.delete("meta", b"commit:" + digest.encode())
+        self.write(m)
+        return created
+
+    def link_blob(self, digest: str, repo: str, grace_ms: int) -> bool:
+        """Cross-repository mount: make a known blob visible in ``repo``. False when the blob is unknown."""
+        m = self.mutation()
+        rec = m.blob(digest)
+        if rec is None:
+            return False
+        self._lease(m, digest, rec, self.now_ms() + grace_ms)
+        self._link(m, digest, repo, rec.size)
+        self.write(m)
+        return True
+
+    def _link(self, m: Mutation, digest: str, repo: str, size: int) -> None:
+        m.put("links", _k(digest, repo), _U64.pack(size))
+        if m.get("repos", repo.encode()) is None:
+            m.put("repos", repo.encode())
+
+    def _lease(self, m: Mutation, digest: str, rec: BlobRecord, until: int) -> None:
+        """Protect a blob until ``until``; an unreferenced blob's orphan time moves with its lease."""
+        rec.last_used = max(rec.last_used, self.now_ms())
+        rec.lease_until = max(rec.lease_until, until)
+        if m.has_prefix("blob_refs", digest.encode() + SEP):
+            m.put_blob(digest, rec)
+            return
+        new_at = max(rec.orphan_at, until)
+        if new_at != rec.orphan_at:
+            if rec.orphan_at:
+                m.delete("orphans", t_key(rec.orphan_at) + digest.encode())
+            rec.orphan_at = new_at
+            m.put("orphans", t_key(new_at) + digest.encode())
+        m.put_blob(digest, rec)
+
+    def extend_leases(self, leases: dict[str, int]) -> None:
+        """Persist HEAD/GET leases and blob last-use gathered in memory (one batch per recency flush)."""
+        if not leases:
+            return
+        m = self.mutation()
+        for digest, until in leases.items():
+            rec = m.blob(digest)
+            if rec is not None and (rec.lease_until < until or rec.orphan_at and rec.orphan_at < until):
+                self._lease(m, digest, rec, until)
+        self.write(m)
+
+    def unlink_blob(self, digest: str, repo: str) -> Removed | None:
+        """DELETE of a blob in one repository: it stops being visible there, and so does every manifest there
+        that needs it (they could no longer be pulled whole). None when it was not visible there."""
+        m = self.mutation()
+        if m.get("links", _k(digest, repo)) is None:
+            return None
+        prefix = _k(digest, repo) + SEP
+        for key in m.keys_with_prefix("blob_refs", prefix):
+            self._delete_manifest(m, repo, key[len(prefix):].decode())
+        m.delete("links", _k(digest, repo))
+        self.write(m)
+        return m.removed
+
+    def drop_blob(self, digest: str) -> Removed:
+        """Remove a blob everywhere (evicted, or found missing/corrupt on disk), and every manifest using it."""
+        m = self.mutation()
+        for repo, mdigest in self.manifests_using_blob(digest):
+            self._delete_manifest(m, repo, mdigest)
+        self._drop_blob(m, digest)
+        self.write(m)
+        return m.removed
+
+    def _drop_blob(self, m: Mutation, digest: str) -> None:
+        rec = m.blob(digest)
+        if rec is None:
+            return
+        for key in m.keys_with_prefix("links", digest.encode() + SEP):
+            m.delete("links", key)
+        if rec.orphan_at:
+            m.delete("orphans", t_key(rec.orphan_at) + digest.encode())
+        m.delete("blobs", digest.encode())
+        m.put("meta", b"unlink:" + digest.encode())
+        m.count("stored_bytes", -rec.stored_size)
+        m.count("disk_bytes", -rec.stored_size)
+        m.count("blob_bytes", -rec.size)
+        m.count("blobs", -1)
+        m.removed.blobs.append((digest, rec.stored_size))
+
+    def forget_unlink(self, digests: list[str]) -> None:
+        m = self.mutation()
+        for d in digests:
+            m.delete("meta", b"unlink:" + d.encode())
+        self.write(m)
+
+    def forget_commit(self, digest: str) -> None:
+        m = self.mutation()
+        m.delete("meta", b"commit:" + digest.encode())
+        self.write(m)
+
+    def drop_orphan(self, key: bytes, digest: str, lease_until: int) -> Removed | None:
+        """Remove one due orphan unless it got referenced or leased since; then move its key to the lease end."""
+        m = self.mutation()
+        rec = m.blob(digest)
+        if rec is None or rec.orphan_at == 0 or m.has_prefix("blob_refs", digest.encode() + SEP):
+            m.delete("orphans", key)
+            if rec is not None and rec.orphan_at and t_key(rec.orphan_at) + digest.encode() == key:
+                rec.orphan_at = 0
+                m.put_blob(digest, rec)
+            self.write(m)
+            return None
+        until = max(rec.lease_until, lease_until)
+        if until > self.now_ms():
+            self._lease(m, digest, rec, until)
+            self.write(m)
+            return None
+        self._drop_blob(m, digest)
+        self.write(m)
+        return m.removed
+
+    # -- manifest mutations --------------------------------------------------------------------------------
+    def put_manifest(self, repo: str, digest: str, rec: ManifestRecord, body: bytes, tag: str | None,
+                     referrer: dict[str, Any] | None) -> bool:
+        """Store a verified manifest (its references already checked) and point ``tag`` at it."""
+        m = self.mutation()
+        existing = m.manifest(repo, digest)
+        created = existing is None
+        if existing is None:
+            m.put("manifests", _k(repo, digest), rec.encode())
+            m.put("bodies", _k(repo, digest), body)
+            m.count("stored_bytes", rec.size)
+            m.count("disk_bytes", rec.size)
+            m.count("manifest_bytes", rec.size)
+            m.count("manifests", 1)
+            for blob in dict.fromkeys(rec.blobs):
+                m.put("blob_refs", _k(blob, repo, digest))
+                brec = m.blob(blob)
+                if brec is not None:
+                    if brec.orphan_at:
+                        m.delete("orphans", t_key(brec.orphan_at) + blob.encode())
+                    brec.orphan_at = 0
+                    brec.lease_until = 0
+                    m.put_blob(blob, brec)
+            for child in dict.fromkeys(rec.children):
+                m.put("child_refs", _k(repo, child, digest))
+                crec = m.manifest(repo, child)
+                if crec is not None:
+                    self._refresh_root(m, repo, child, crec)
+            if rec.subject and referrer is not None:
+                m.put("referrers", _k(repo, rec.subject, digest), json.dumps(referrer).encode())
+            if m.get("repos", repo.encode()) is None:
+                m.put("repos", repo.encode())
+        else:
+            rec = existing
+            rec.last_used = self.now_ms()
+            m.put("manifests", _k(repo, digest), rec.encode())
+        if tag is not None:
+            self._tag(m, repo, tag, digest)
+        self._refresh_root(m, repo, digest, rec, old_last_used=existing.last_used if existing else None)
+        self.write(m)
+        return created
+
+    def _tag(self, m: Mutation, repo: str, tag: str, digest: str) -> None:
+        old = m.get("tags", _k(repo, tag))
+        if old is not None and old.decode() != digest:
+            old_digest = old.decode()
+            m.delete("manifest_tags", _k(repo, old_digest, tag))
+            orec = m.manifest(repo, old_digest)
+            if orec is not None:
+                self._refresh_root(m, repo, old_digest, orec)
+        m.put("tags", _k(repo, tag), digest.encode())
+        m.put("manifest_tags", _k(repo, digest, tag))
+
+    def _is_root(self, m: Mutation, repo: str, digest: str) -> bool:
+        key = _k(repo, digest) + SEP
+        return m.has_prefix("manifest_tags", key) or not m.has_prefix("child_refs", key)
+
+    def _refresh_root(self, m: Mutation, repo: str, digest: str, rec: ManifestRecord,
+                      old_last_used: int | None = None) -> None:
+        """Keep the ``lru`` entry present exactly when the manifest is a root, at its current last use."""
+        suffix = _k(repo, digest)
+        if old_last_used is not None and old_last_used != rec.last_used:
+            old_key = t_key(old_last_used) + suffix
+            if m.get("lru", old_key) is not None:
+                m.delete("lru", old_key)
+                m.count("roots", -1)
+        key = t_key(rec.last_used) + suffix
+        present = m.get("lru", key) is not None
+        if self._is_root(m, repo, digest):
+            if not present:
+                m.put("lru", key)
+                m.count("roots", 1)
+        elif present:
+            m.delete("lru", key)
+            m.count("roots", -1)
+
+    def delete_tag(self, repo: str, tag: str) -> bool:
+        m = self.mutation()
+        raw = m.get("tags", _k(repo, tag))
+        if raw is None:
+            return False
+        digest = raw.decode()
+        m.delete("tags", _k(repo, tag))
+        m.delete("manifest_tags", _k(repo, digest, tag))
+        rec = m.manifest(repo, digest)
+        if rec is not None:
+            self._refresh_root(m, repo, digest, rec)
+        self.write(m)
+        return True
+
+    def delete_manifest(self, repo: str, digest: str) -> Removed | None:
+        """Delete a manifest, its tags, the indexes that list it, and children nothing else keeps."""
+        m = self.mutation()
+        if m.manifest(repo, digest) is None:
+            return None
+        self._delete_manifest(m, repo, digest)
+        self.write(m)
+        return m.removed
+
+    def _delete_manifest(self, m: Mutation, repo: str, digest: str) -> None:
+        rec = m.manifest(repo, digest)
+        if rec is None:
+            return
+        key = _k(repo, digest)
+        m.delete("manifests", key)
+        m.delete("bodies", key)
+        lru_key = t_key(rec.last_used) + key
+        if m.get("lru", lru_key) is not None:
+            m.delete("lru", lru_key)
+            m.count("roots", -1)
+        for tkey in m.keys_with_prefix("manifest_tags", key + SEP):
+            tag = tkey[len(key) + 1:]
+            m.delete("manifest_tags", tkey)
+            m.delete("tags", repo.encode() + SEP + tag)
+        if rec.subject:
+            m.delete("referrers", _k(repo, rec.subject, digest))
+        m.count("stored_bytes", -rec.size)
+        m.count("disk_bytes", -rec.size)
+        m.count("manifest_bytes", -rec.size)
+        m.count("manifests", -1)
+        m.removed.manifests.append((repo, digest, rec.size))
+        # Indexes that list this manifest can no longer be served whole: they go too.
+        for pkey in m.keys_with_prefix("child_refs", key + SEP):
+            m.delete("child_refs", pkey)
+            self._delete_manifest(m, repo, pkey[len(key) + 1:].decode())
+        now = self.now_ms()
+        for blob in dict.fromkeys(rec.blobs):
+            m.delete("blob_refs", _k(blob, repo, digest))
+            if not m.has_prefix("blob_refs", blob.encode() + SEP):
+                brec = m.blob(blob)
+                if brec is not None and not brec.orphan_at:
+                    brec.orphan_at = max(now, brec.lease_until)
+                    m.put("orphans", t_key(brec.orphan_at) + blob.encode())
+                    m.put_blob(blob, brec)
+                    m.new_orphans.append(blob)
+        for child in dict.fromkeys(rec.children):
+            m.delete("child_refs", _k(repo, child, digest))
+            crec = m.manifest(repo, child)
+            if crec is None:
+                continue
+            ckey = _k(repo, child) + SEP
+            if not m.has_prefix("child_refs", ckey) and not m.has_prefix("manifest_tags", ckey):
+                self._delete_manifest(m, repo, child)
+
+    # -- recency ---------------------------------------------------------------------------------------------
+    def touch_manifests(self, touches: dict[tuple[str, str], int]) -> None:
+        """Persist last-use times gathered in memory; roots move in the ``lru`` order accordingly."""
+        if not touches:
+            return
+        m = self.mutation()
+        for (repo, digest), when in touches.items():
+            rec = m.manifest(repo, digest)
+            if rec is None or rec.last_used >= when:
+                continue
+            old = rec.last_used
+            rec.last_used = when
+            m.put("manifests", _k(repo, digest), rec.encode())
+            self._refresh_root(m, repo, digest, rec, old_last_used=old)
+        self.write(m)
+
+    # -- upload sessions ---------------------------------------------------------------------------------------
+    def put_upload(self, session_id: str, rec: UploadRecord) -> None:
+        m = self.mutation()
+        m.put("uploads", session_id.encode(), rec.encode())
+        self.write(m)
+
+    def delete_upload(self, session_id: str) -> None:
+        m = self.mutation()
+        m.delete("uploads", session_id.encode())
+        self.write(m)

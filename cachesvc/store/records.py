@@ -1,0 +1,90 @@
+"""The values stored in the index, with their binary or JSON encodings.
+
+Kept apart from the key schema so handlers and policies can use the records without knowing how keys are laid out.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+_BLOB = struct.Struct("<BQQQQQQ")
+_BLOB_VERSION = 1
+
+
+@dataclass(slots=True)
+class BlobRecord:
+    """A blob the store holds a verified file for.
+
+    ``orphan_at`` is 0 while some manifest references the blob; otherwise the time (ms) from which it may be
+    removed, which is also its key in the orphan index. ``lease_until`` protects a blob a client was just told
+    exists (HEAD 200, upload, mount) until a manifest references it or the lease runs out.
+    """
+
+    size: int
+    created: int
+    last_used: int
+    lease_until: int = 0
+    orphan_at: int = 0
+    stored_size: int = -1
+
+    def __post_init__(self) -> None:
+        if self.stored_size < 0:
+            self.stored_size = self.size
+
+    def encode(self) -> bytes:
+        return _BLOB.pack(_BLOB_VERSION, self.size, self.created, self.last_used, self.lease_until,
+                          self.orphan_at, self.stored_size)
+
+    @classmethod
+    def decode(cls, data: bytes) -> BlobRecord:
+        _v, size, created, last_used, lease_until, orphan_at, stored = _BLOB.unpack(data)
+        return cls(size, created, last_used, lease_until, orphan_at, stored)
+
+
+@dataclass(slots=True)
+class ManifestRecord:
+    """A manifest stored in one repository: what it is, what it needs, and when it was last used."""
+
+    media_type: str
+    size: int
+    created: int
+    last_used: int
+    blobs: list[str] = field(default_factory=list)
+    children: list[str] = field(default_factory=list)
+    artifact_type: str | None = None
+    subject: str | None = None
+
+    def encode(self) -> bytes:
+        d: dict[str, Any] = {"mt": self.media_type, "sz": self.size, "ct": self.created, "lu": self.last_used,
+                             "b": self.blobs, "c": self.children}
+        if self.artifact_type:
+            d["at"] = self.artifact_type
+        if self.subject:
+            d["s"] = self.subject
+        return json.dumps(d, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> ManifestRecord:
+        d = json.loads(data)
+        return cls(d["mt"], d["sz"], d["ct"], d["lu"], d.get("b", []), d.get("c", []), d.get("at"), d.get("s"))
+
+
+@dataclass(slots=True)
+class UploadRecord:
+    """An open upload session: which repository it targets and how many bytes it holds so far."""
+
+    repo: str
+    offset: int
+    created: int
+    updated: int
+
+    def encode(self) -> bytes:
+        return json.dumps({"r": self.repo, "o": self.offset, "c": self.created, "u": self.updated}).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> UploadRecord:
+        d = json.loads(data)
+        return cls(d["r"], d["o"], d["c"], d["u"])

@@ -1,0 +1,317 @@
+"""The store the HTTP handlers talk to: blobs, upload sessions and manifests over one index and one blob tree.
+
+It owns the order of operations that keeps a blob or manifest either complete and verified or invisible:
+files are written and fsynced before they are renamed in, the index learns of them only after the rename, and
+an answer goes out only once the index change is durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from cachesvc.api.errors import RegistryError, for_each
+from cachesvc.api.names import Digest
+from cachesvc.metrics import Metrics
+from cachesvc.settings import Settings
+from cachesvc.store.blobs import AppendFile, BlobFiles, fsync_dir, hash_file, new_hasher, storage_error
+from cachesvc.store.index import Index, Removed
+from cachesvc.store.layout import Layout
+from cachesvc.store.manifests import BUILDKIT_CACHE_CONFIG, ParsedManifest, parse_manifest
+from cachesvc.store.recency import Recency
+from cachesvc.store.records import ManifestRecord
+from cachesvc.store.uploads import Session, UploadSessions
+
+log = logging.getLogger("cachesvc.store")
+
+BUILDKIT_IMPORT_LIMIT = 1024 * 1024  # BuildKit refuses to import a cache manifest or config larger than this
+
+
+@dataclass(slots=True)
+class StoredManifest:
+    digest: str
+    media_type: str
+    body: bytes
+
+
+class Store:
+    """One data directory, opened: every durable operation the registry API needs."""
+
+    def __init__(self, settings: Settings, *, metrics: Metrics | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.metrics = metrics or Metrics()
+        self.layout = Layout(settings.root)
+        self.grace_ms = int(settings.upload_grace * 1000)
+        self._tasks: list[asyncio.Task[None]] = []
+        self.opened = False
+
+    # -- life cycle ---------------------------------------------------------------------------------------
+    def open(self) -> None:
+        self.layout.create()
+        self.index = Index(self.layout.index, clock=self.clock)
+        self.files = BlobFiles(self.layout)
+        self.uploads = UploadSessions(self.index, self.layout, clock=self.clock,
+                                      max_sessions=self.settings.max_upload_sessions,
+                                      timeout=self.settings.upload_timeout)
+        self.recency = Recency(self.index, grace_ms=self.grace_ms, clock=self.clock)
+        self._repair()
+        self.opened = True
+
+    def _repair(self) -> None:
+        """Finish or undo what a crash interrupted. Reads only the intent records and ``uploads/``: the cost
+        depends on what was in flight, never on how much is stored."""
+        for digest in self.index.pending_commits():
+            if self.index.blob(digest) is None and self.files.to_trash(digest):
+                log.warning("removed %s: renamed in but never indexed before a crash", digest)
+            self.index.forget_commit(digest)
+        unlinks = self.index.pending_unlinks()
+        for digest in unlinks:
+            if self.index.blob(digest) is None:
+                self.files.to_trash(digest)
+        if unlinks:
+            self.index.forget_unlink(unlinks)
+        self.uploads.repair()
+
+    async def start(self) -> None:
+        """Start background work (needs a running loop)."""
+        if not self.opened:
+            self.open()
+        self.recency.start()
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._housekeeping()))
+        await loop.run_in_executor(None, self.files.empty_trash)
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        if self.opened:
+            await self.recency.stop()
+            for session in list(self.uploads.live.values()):
+                if session.file is not None:
+                    session.file.close()
+                    session.file = None
+            self.index.close()
+            self.opened = False
+
+    async def _housekeeping(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(30)
+            try:
+                n = self.uploads.expire()
+                if n:
+                    log.info("dropped %d idle upload sessions", n)
+                await loop.run_in_executor(None, self.files.empty_trash)
+            except Exception:
+                log.exception("housekeeping failed")
+
+    # -- blobs --------------------------------------------------------------------------------------------
+    def blob_size(self, repo: str, digest: str) -> int | None:
+        """Size of a blob visible in ``repo`` (HEAD). Answering leases the blob for the manifest to come."""
+        size = self.index.linked_size(digest, repo)
+        if size is not None:
+            self.recency.lease_blob(digest)
+        return size
+
+    def open_blob(self, repo: str, digest: str) -> tuple[int, int] | None:
+        """``(fd, size)`` for serving a blob visible in ``repo``; the caller closes the fd.
+
+        A blob the index knows but whose file is gone is dropped with every manifest that needs it, so clients
+        get a clean miss instead of a manifest whose layers cannot be fetched.
+        """
+        size = self.index.linked_size(digest, repo)
+        if size is None:
+            return None
+        try:
+            fd = self.files.open(digest)
+        except FileNotFoundError:
+            self.lose_blob(digest, "file missing")
+            return None
+        self.recency.lease_blob(digest)
+        return fd, size
+
+    def lose_blob(self, digest: str, why: str) -> Removed:
+        removed = self.index.drop_blob(digest)
+        self.metrics.lost_blobs.inc()
+        log.error("blob %s %s: dropped it and %d manifest(s) that needed it: %s", digest, why,
+                  len(removed.manifests), ", ".join(f"{r}@{d}" for r, d, _ in removed.manifests) or "-")
+        self._after_removal(removed)
+        return removed
+
+    def _after_removal(self, removed: Removed) -> None:
+        """Take dropped blob files out of the served tree and forget the deletion intents."""
+        if not removed.blobs:
+            return
+        for digest, _size in removed.blobs:
+            self.files.to_trash(digest)
+        self.index.forget_unlink([d for d, _ in removed.blobs])
+
+    async def write_blob(self, repo: str, digest: Digest, chunks: AsyncIterator[bytes],
+                         expected: int | None) -> int:
+        """Monolithic upload (POST or PUT with the whole body): stream, verify, install."""
+        session = self.uploads.open(repo)
+        async with session.lock:
+            try:
+                await self.uploads.append(session, chunks, expected)
+                return await self._finish(session, digest)
+            except BaseException:
+                self.uploads.close(session, remove_file=True)
+                raise
+
+    async def append_upload(self, session: Session, chunks: AsyncIterator[bytes], start: int | None,
+                            expected: int | None) -> int:
+        """PATCH: one chunk in order. ``start`` is the Content-Range start, checked against the offset."""
+        if start is not None and start != session.record.offset:
+            raise RegistryError("RANGE_INVALID", {"reason": f"chunk starts at {start}, upload is at "
+                                                  f"{session.record.offset}"}, status=416)
+        return await self.uploads.append(session, chunks, expected)
+
+    async def finish_upload(self, session: Session, digest: Digest, chunks: AsyncIterator[bytes] | None,
+                            start: int | None, expected: int | None) -> int:
+        """PUT ?digest=: append the final chunk if any, verify the whole upload, install it."""
+        if chunks is not None:
+            await self.append_upload(session, chunks, start, expected)
+        try:
+            return await self._finish(session, digest)
+        except RegistryError as e:
+            if e.code in ("DIGEST_INVALID", "STORAGE_FULL", "UNKNOWN"):
+                self.uploads.close(session, remove_file=True)
+            raise
+
+    async def _finish(self, session: Session, digest: Digest) -> int:
+        loop = asyncio.get_running_loop()
+        path = self.uploads.path(session.id)
+        file = session.file
+        if file is not None and file.hasher is not None and file.hasher.name == digest.algorithm:
+            actual, size = file.hasher.hexdigest(), file.offset
+        else:
+            actual, size = await loop.run_in_executor(None, hash_file, path, digest.algorithm)
+        if actual != digest.hex:
+            raise RegistryError("DIGEST_INVALID", {"expected": str(digest), "actual": f"{digest.algorithm}:{actual}"})
+        try:
+            if file is None:
+                file = AppendFile(path, size)
+            await loop.run_in_executor(None, file.fsync)
+            file.close()
+            session.file = None
+            await self._install(session.record.repo, str(digest), path, size)
+        except OSError as e:
+            raise storage_error(e, "storing the blob") from None
+        self.uploads.close(session, remove_file=False)
+        self.metrics.bytes_received.inc(size)
+        return size
+
+    async def _install(self, repo: str, digest: str, path: str, size: int) -> None:
+        """Put a verified, fsynced file in place and index it; dedups against a blob already held."""
+        existing = self.index.blob(digest)
+        if existing is not None and not self.files.exists(digest):
+            self.lose_blob(digest, "file missing")
+            existing = None
+        if existing is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            self.index.add_blob(digest, size, repo, self.grace_ms)
+            await self.index.sync()
+            return
+        # No await between these three steps: nothing can interleave with the rename.
+        self.index.begin_commit(digest)
+        directory = self.files.install(path, digest)
+        self.index.add_blob(digest, size, repo, self.grace_ms)
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(loop.run_in_executor(None, fsync_dir, directory), self.index.sync())
+
+    def mount(self, repo: str, digest: str, from_repo: str) -> bool:
+        """Cross-repository mount: only from a repository the blob is visible in."""
+        if self.index.linked_size(digest, from_repo) is None:
+            return False
+        if not self.files.exists(digest):
+            self.lose_blob(digest, "file missing")
+            return False
+        return self.index.link_blob(digest, repo, self.grace_ms)
+
+    def delete_blob(self, repo: str, digest: str) -> bool:
+        removed = self.index.unlink_blob(digest, repo)
+        if removed is None:
+            return False
+        self._after_removal(removed)
+        return True
+
+    # -- manifests ----------------------------------------------------------------------------------------
+    def resolve(self, repo: str, tag: str | None, digest: Digest | None) -> str | None:
+        if digest is not None:
+            return str(digest)
+        assert tag is not None
+        return self.index.tag(repo, tag)
+
+    def manifest_head(self, repo: str, digest: str) -> tuple[str, int] | None:
+        head = self.index.manifest_head(repo, digest)
+        if head is not None:
+            self.recency.touch_manifest(repo, digest)
+        return head
+
+    def get_manifest(self, repo: str, digest: str) -> StoredManifest | None:
+        rec = self.index.manifest(repo, digest)
+        if rec is None:
+            return None
+        body = self.index.body(repo, digest)
+        if body is None:  # pragma: no cover - written in one batch with the record
+            return None
+        self.recency.touch_manifest(repo, digest)
+        return StoredManifest(digest, rec.media_type, body)
+
+    async def put_manifest(self, repo: str, tag: str | None, ref_digest: Digest | None, body: bytes,
+                           content_type: str | None) -> tuple[str, ParsedManifest]:
+        parsed = parse_manifest(body, content_type)
+        algorithm = ref_digest.algorithm if ref_digest else "sha256"
+        digest = f"{algorithm}:{hashlib.new(algorithm, body).hexdigest()}"
+        if ref_digest is not None and str(ref_digest) != digest:
+            raise RegistryError("DIGEST_INVALID", {"expected": str(ref_digest), "actual": digest})
+        missing = [{"digest": b} for b in dict.fromkeys(parsed.blobs) if self.index.linked_size(b, repo) is None]
+        missing += [{"digest": c} for c in dict.fromkeys(parsed.children) if self.index.manifest(repo, c) is None]
+        if missing:
+            raise for_each("MANIFEST_BLOB_UNKNOWN", missing, status=400)
+        now = self.index.now_ms()
+        rec = ManifestRecord(media_type=parsed.media_type, size=len(body), created=now, last_used=now,
+                             blobs=list(dict.fromkeys(parsed.blobs)), children=list(dict.fromkeys(parsed.children)),
+                             artifact_type=parsed.artifact_type, subject=parsed.subject)
+        referrer = parsed.referrer_descriptor(digest, len(body)) if parsed.subject else None
+        self.index.put_manifest(repo, digest, rec, body, tag, referrer)
+        self.recency.release(rec.blobs)
+        self._warn_oversized_cache(repo, tag or digest, parsed, len(body))
+        self.metrics.bytes_received.inc(len(body))
+        await self.index.sync()
+        return digest, parsed
+
+    def _warn_oversized_cache(self, repo: str, ref: str, parsed: ParsedManifest, size: int) -> None:
+        if parsed.config_media_type != BUILDKIT_CACHE_CONFIG:
+            return
+        if size > BUILDKIT_IMPORT_LIMIT:
+            self.metrics.oversized_cache.labels("manifest").inc()
+            log.warning("cache manifest %s:%s is %d bytes, over BuildKit's 1 MiB import limit: BuildKit will "
+                        "ignore this cache and build cold", repo, ref, size)
+        if parsed.config_size > BUILDKIT_IMPORT_LIMIT:
+            self.metrics.oversized_cache.labels("config").inc()
+            log.warning("cache config %s of %s:%s is %d bytes, over BuildKit's 1 MiB import limit: BuildKit "
+                        "will ignore this cache and build cold", parsed.config_digest, repo, ref,
+                        parsed.config_size)
+
+    def delete_manifest(self, repo: str, tag: str | None, digest: Digest | None) -> bool:
+        if tag is not None:
+            return self.index.delete_tag(repo, tag)
+        assert digest is not None
+        removed = self.index.delete_manifest(repo, str(digest))
+        if removed is None:
+            return False
+        self._after_removal(removed)
+        return True
