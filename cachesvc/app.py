@@ -7,6 +7,7 @@ several times more per request, which matters for the HEAD storms BuildKit sends
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -17,7 +18,7 @@ from aiohttp.web_request import BaseRequest
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from cachesvc import logs
-from cachesvc.api.context import Registry
+from cachesvc.api.context import BYTES_IN, CACHE_RESULT, Registry
 from cachesvc.api.errors import RegistryError
 from cachesvc.api.routes import REGISTRY_ROUTES, Handler, Router
 from cachesvc.metrics import Metrics
@@ -116,8 +117,8 @@ class Server:
         logs.access({
             "id": rid, "method": method, "path": path.split("?")[0], "route": route,
             "repo": params.get("name"), "status": status, "bytes_out": bytes_out,
-            "bytes_in": request.get("bytes_in", 0), "ms": round(elapsed * 1000, 2),
-            "cache": request.get("cache"), "error": error,
+            "bytes_in": request.get(BYTES_IN, 0), "ms": round(elapsed * 1000, 2),
+            "cache": request.get(CACHE_RESULT), "error": error,
         })
 
     # -- operator endpoints ------------------------------------------------------------------------------------
@@ -173,10 +174,8 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None,
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
             loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):  # pragma: no cover - not the main thread
-            pass
     low_level = web.Server(server.handle, access_log=None, read_bufsize=1 << 20, max_field_size=16384,
                            max_line_size=16384, keepalive_timeout=75)
     try:

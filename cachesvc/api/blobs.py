@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 from aiohttp.web_request import BaseRequest
 
-from cachesvc.api.context import Registry
+from cachesvc.api.context import CACHE_RESULT, Registry
 from cachesvc.api.errors import RegistryError
 from cachesvc.api.names import parse_digest, parse_name
 from cachesvc.api.ranges import parse_range
@@ -28,10 +28,10 @@ async def head_blob(reg: Registry, request: BaseRequest, p: dict[str, str]) -> w
     size = reg.store.blob_size(repo, digest)
     if size is None:
         reg.metrics.lookups.labels("blob", "miss").inc()
-        request["cache"] = "miss"
+        request[CACHE_RESULT] = "miss"
         raise RegistryError("BLOB_UNKNOWN", {"digest": digest})
     reg.metrics.lookups.labels("blob", "hit").inc()
-    request["cache"] = "hit"
+    request[CACHE_RESULT] = "hit"
     return web.Response(status=200, headers={**_blob_headers(digest), "Content-Length": str(size)})
 
 
@@ -41,10 +41,10 @@ async def get_blob(reg: Registry, request: BaseRequest, p: dict[str, str]) -> we
     opened = reg.store.open_blob(repo, digest)
     if opened is None:
         reg.metrics.lookups.labels("blob", "miss").inc()
-        request["cache"] = "miss"
+        request[CACHE_RESULT] = "miss"
         raise RegistryError("BLOB_UNKNOWN", {"digest": digest})
     fd, size = opened
-    request["cache"] = "hit"
+    request[CACHE_RESULT] = "hit"
     reg.metrics.lookups.labels("blob", "hit").inc()
     headers = _blob_headers(digest)
     range_header = request.headers.get("Range")

@@ -12,6 +12,15 @@ from cachesvc.metrics import Metrics
 from cachesvc.settings import Settings
 from cachesvc.store.store import Store
 
+try:
+    from aiohttp.web import RequestKey
+except ImportError:  # pragma: no cover - aiohttp < 3.12
+    RequestKey = None  # type: ignore[assignment,misc]
+
+# Per-request notes handlers leave for the access log and metrics.
+CACHE_RESULT = RequestKey("cache", str) if RequestKey else "cache"  # "hit" or "miss"
+BYTES_IN = RequestKey("bytes_in", int) if RequestKey else "bytes_in"
+
 
 @dataclass
 class Registry:

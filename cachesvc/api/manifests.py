@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 from aiohttp.web_request import BaseRequest
 
-from cachesvc.api.context import Registry
+from cachesvc.api.context import BYTES_IN, CACHE_RESULT, Registry
 from cachesvc.api.errors import RegistryError
 from cachesvc.api.names import parse_name, parse_reference
 from cachesvc.store.manifests import MANIFEST_TYPES
@@ -28,7 +28,7 @@ def _lookup(reg: Registry, request: BaseRequest, p: dict[str, str]) -> tuple[str
     resolved = reg.store.resolve(repo, tag, digest)
     if resolved is None:
         reg.metrics.lookups.labels("manifest", "miss").inc()
-        request["cache"] = "miss"
+        request[CACHE_RESULT] = "miss"
         raise RegistryError("MANIFEST_UNKNOWN", {"reference": p["reference"]})
     return repo, resolved
 
@@ -47,13 +47,13 @@ async def head_manifest(reg: Registry, request: BaseRequest, p: dict[str, str]) 
     head = reg.store.manifest_head(repo, digest)
     if head is None:
         reg.metrics.lookups.labels("manifest", "miss").inc()
-        request["cache"] = "miss"
+        request[CACHE_RESULT] = "miss"
         raise RegistryError("MANIFEST_UNKNOWN", {"reference": p["reference"]})
     media_type, size = head
     if not _acceptable(request, media_type):
         raise _not_acceptable(media_type)
     reg.metrics.lookups.labels("manifest", "hit").inc()
-    request["cache"] = "hit"
+    request[CACHE_RESULT] = "hit"
     return web.Response(status=200, headers={**_headers(digest, media_type), "Content-Length": str(size)})
 
 
@@ -62,13 +62,13 @@ async def get_manifest(reg: Registry, request: BaseRequest, p: dict[str, str]) -
     stored = reg.store.get_manifest(repo, digest)
     if stored is None:
         reg.metrics.lookups.labels("manifest", "miss").inc()
-        request["cache"] = "miss"
+        request[CACHE_RESULT] = "miss"
         raise RegistryError("MANIFEST_UNKNOWN", {"reference": p["reference"]})
     if not _acceptable(request, stored.media_type):
         raise _not_acceptable(stored.media_type)
     reg.metrics.lookups.labels("manifest", "hit").inc()
     reg.metrics.bytes_served.inc(len(stored.body))
-    request["cache"] = "hit"
+    request[CACHE_RESULT] = "hit"
     headers = _headers(digest, stored.media_type)
     return web.Response(status=200, body=stored.body, headers=headers)
 
@@ -88,7 +88,7 @@ async def put_manifest(reg: Registry, request: BaseRequest, p: dict[str, str]) -
             raise too_large
     digest, parsed = await reg.store.put_manifest(repo, tag, ref_digest, bytes(body),
                                                   request.headers.get("Content-Type"))
-    request["bytes_in"] = len(body)
+    request[BYTES_IN] = len(body)
     headers = {"Location": f"/v2/{repo}/manifests/{digest}", "Docker-Content-Digest": digest,
                "Content-Length": "0"}
     if parsed.subject:

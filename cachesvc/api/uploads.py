@@ -9,7 +9,7 @@ from __future__ import annotations
 from aiohttp import web
 from aiohttp.web_request import BaseRequest
 
-from cachesvc.api.context import Registry, body_chunks, declared_length
+from cachesvc.api.context import BYTES_IN, CACHE_RESULT, Registry, body_chunks, declared_length
 from cachesvc.api.errors import RegistryError
 from cachesvc.api.names import DIGEST_RE, parse_digest, parse_name
 from cachesvc.api.ranges import parse_content_range
@@ -38,21 +38,28 @@ def _created(repo: str, digest: str) -> web.Response:
 async def start_upload(reg: Registry, request: BaseRequest, p: dict[str, str]) -> web.StreamResponse:
     repo = parse_name(p["name"])
     mount, from_repo = request.query.get("mount"), request.query.get("from")
-    if mount is not None and from_repo:
-        # A mount that cannot be done (bad arguments, blob not there) falls back to a plain upload (spec).
-        if DIGEST_RE.fullmatch(mount) and _valid_name(from_repo):
-            digest = str(parse_digest(mount))
-            if reg.store.mount(repo, digest, from_repo):
-                request["cache"] = "hit"
-                return _created(repo, digest)
+    # A mount that cannot be done (bad arguments, blob not there) falls back to a plain upload (spec).
+    if mount is not None and from_repo and DIGEST_RE.fullmatch(mount) and _valid_name(from_repo):
+        digest = str(parse_digest(mount, code="BLOB_UNKNOWN")) if _valid_digest(mount) else None
+        if digest is not None and reg.store.mount(repo, digest, from_repo):
+            request[CACHE_RESULT] = "hit"
+            return _created(repo, digest)
     digest_param = request.query.get("digest")
     if digest_param is not None:
         digest = parse_digest(digest_param)
         size = await reg.store.write_blob(repo, digest, body_chunks(request), declared_length(request))
-        request["bytes_in"] = size
+        request[BYTES_IN] = size
         return _created(repo, str(digest))
     session = reg.store.uploads.open(repo)
     return web.Response(status=202, headers=_session_headers(repo, session))
+
+
+def _valid_digest(text: str) -> bool:
+    try:
+        parse_digest(text)
+    except RegistryError:
+        return False
+    return True
 
 
 def _valid_name(name: str) -> bool:
@@ -100,7 +107,7 @@ async def patch_upload(reg: Registry, request: BaseRequest, p: dict[str, str]) -
         start, length = _chunk_range(request, session)
         before = session.record.offset
         await reg.store.append_upload(session, body_chunks(request), start, length)
-        request["bytes_in"] = session.record.offset - before
+        request[BYTES_IN] = session.record.offset - before
         return web.Response(status=202, headers=_session_headers(repo, session))
 
 
@@ -116,7 +123,7 @@ async def finish_upload(reg: Registry, request: BaseRequest, p: dict[str, str]) 
         has_body = length != 0 and (length is not None or request.body_exists)
         before = session.record.offset
         await reg.store.finish_upload(session, digest, body_chunks(request) if has_body else None, start, length)
-        request["bytes_in"] = session.record.offset - before
+        request[BYTES_IN] = session.record.offset - before
     return _created(repo, str(digest))
 
 

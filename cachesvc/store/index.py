@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rocksdict import Options, ReadOptions, Rdict, WriteBatch, WriteOptions
+from rocksdict import Options, Rdict, ReadOptions, WriteBatch, WriteOptions
 
 from cachesvc.store.records import BlobRecord, ManifestRecord, UploadRecord
 
@@ -178,8 +178,17 @@ class Index:
         self.counters = {name: self._read_counter(name) for name in COUNTERS}
 
     def close(self) -> None:
+        """Flush and release the database (column-family handles hold it open, so they go first)."""
         self.db.flush_wal(True)
+        for cf in self.cf.values():
+            cf.close()
+        self.cf.clear()
+        self.handles.clear()
         self.db.close()
+        del self.db
+        import gc
+
+        gc.collect()
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -373,7 +382,7 @@ class Index:
         m = self.mutation()
         for digest, until in leases.items():
             rec = m.blob(digest)
-            if rec is not None and (rec.lease_until < until or rec.orphan_at and rec.orphan_at < until):
+            if rec is not None and (rec.lease_until < until or (rec.orphan_at and rec.orphan_at < until)):
                 self._lease(m, digest, rec, until)
         self.write(m)
 

@@ -20,7 +20,7 @@ from cachesvc.api.errors import RegistryError, for_each
 from cachesvc.api.names import Digest
 from cachesvc.metrics import Metrics
 from cachesvc.settings import Settings
-from cachesvc.store.blobs import AppendFile, BlobFiles, fsync_dir, hash_file, new_hasher, storage_error
+from cachesvc.store.blobs import AppendFile, BlobFiles, fsync_dir, hash_file, storage_error
 from cachesvc.store.index import Index, Removed
 from cachesvc.store.layout import Layout
 from cachesvc.store.manifests import BUILDKIT_CACHE_CONFIG, ParsedManifest, parse_manifest
@@ -30,6 +30,7 @@ from cachesvc.store.uploads import Session, UploadSessions
 
 log = logging.getLogger("cachesvc.store")
 
+WHOLE_CHECK_INTERVAL = 10.0  # seconds between checks that a served manifest's blob files all exist
 BUILDKIT_IMPORT_LIMIT = 1024 * 1024  # BuildKit refuses to import a cache manifest or config larger than this
 
 
@@ -51,6 +52,7 @@ class Store:
         self.layout = Layout(settings.root)
         self.grace_ms = int(settings.upload_grace * 1000)
         self._tasks: list[asyncio.Task[None]] = []
+        self._verified: dict[tuple[str, str], float] = {}
         self.opened = False
 
     # -- life cycle ---------------------------------------------------------------------------------------
@@ -255,14 +257,31 @@ class Store:
         return self.index.tag(repo, tag)
 
     def manifest_head(self, repo: str, digest: str) -> tuple[str, int] | None:
-        head = self.index.manifest_head(repo, digest)
-        if head is not None:
-            self.recency.touch_manifest(repo, digest)
-        return head
+        rec = self.index.manifest(repo, digest)
+        if rec is None or not self._whole(repo, digest, rec):
+            return None
+        self.recency.touch_manifest(repo, digest)
+        return rec.media_type, rec.size
+
+    def _whole(self, repo: str, digest: str, rec: ManifestRecord) -> bool:
+        """Check (at most every few seconds per manifest) that every blob it needs still has its file, so a
+        client is never handed a manifest whose layers 404 half-way through a build."""
+        now = self.clock()
+        key = (repo, digest)
+        if now - self._verified.get(key, -1e18) < WHOLE_CHECK_INTERVAL:
+            return True
+        for blob in rec.blobs:
+            if not self.files.exists(blob):
+                self.lose_blob(blob, "file missing")
+                return False
+        if len(self._verified) > 100_000:
+            self._verified.clear()
+        self._verified[key] = now
+        return True
 
     def get_manifest(self, repo: str, digest: str) -> StoredManifest | None:
         rec = self.index.manifest(repo, digest)
-        if rec is None:
+        if rec is None or not self._whole(repo, digest, rec):
             return None
         body = self.index.body(repo, digest)
         if body is None:  # pragma: no cover - written in one batch with the record
