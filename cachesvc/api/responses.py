@@ -73,6 +73,8 @@ class BlobResponse(web.StreamResponse):
             self._fd = -1
 
     async def prepare(self, request: BaseRequest) -> AbstractStreamWriter | None:
+        if self.prepared:  # the body went out on the first call
+            return await super().prepare(request)
         try:
             writer = await super().prepare(request)
             assert writer is not None

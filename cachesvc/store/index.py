@@ -16,9 +16,11 @@ blob_refs         ``<digest>\\0<repo>\\0<manifest digest>`` empty: that manifest
 child_refs        ``<repo>\\0<child>\\0<parent>``          empty: index ``parent`` lists manifest ``child``
 referrers         ``<repo>\\0<subject>\\0<digest>``        descriptor JSON of a manifest whose subject is ``subject``
 lru               ``<t last use><repo>\\0<digest>``       empty: one entry per *root*, ordered by last use
+repo_lru          ``<repo>\\0<t last use><digest>``       empty: the same roots, per repository (for quotas)
 orphans           ``<t eligible><digest>``               empty: blobs no manifest references, by when they may go
 uploads           ``<session id>``                       :class:`UploadRecord`
-repos             ``<repo>``                              empty: repositories that ever held content
+repos             ``<repo>``                              bytes (8, signed LE) of the blobs visible in it and its
+                                                         manifests: per-repository usage, for quotas and reports
 meta              ``counter:<name>``                      signed 64-bit LE counters (stored bytes, blob count…)
                   ``unlink:<digest>``                     a blob file to remove (crash-safe deletion intent)
                   ``commit:<digest>``                     a blob file being renamed in (crash-safe add intent)
@@ -47,7 +49,7 @@ from cachesvc.store.records import BlobRecord, ManifestRecord, UploadRecord
 
 SEP = b"\x00"
 COLUMN_FAMILIES = ("blobs", "links", "manifests", "bodies", "tags", "manifest_tags", "blob_refs", "child_refs",
-                   "referrers", "lru", "orphans", "uploads", "repos", "meta")
+                   "referrers", "lru", "repo_lru", "orphans", "uploads", "repos", "meta")
 COUNTERS = ("stored_bytes", "disk_bytes", "blob_bytes", "manifest_bytes", "blobs", "manifests", "roots")
 _T = struct.Struct(">Q")
 _I64 = struct.Struct("<q")
@@ -72,6 +74,7 @@ class Removed:
 
     manifests: list[tuple[str, str, int]]
     blobs: list[tuple[str, int]]
+    orphans: list[str]
 
 
 class Mutation:
@@ -82,8 +85,7 @@ class Mutation:
         self.batch = WriteBatch(raw_mode=True)
         self.overlay: dict[tuple[str, bytes], bytes | None] = {}
         self.deltas: dict[str, int] = {}
-        self.removed = Removed([], [])
-        self.new_orphans: list[str] = []
+        self.removed = Removed([], [], [])
 
     # -- raw access ------------------------------------------------------------------------------------
     def get(self, cf: str, key: bytes) -> bytes | None:
@@ -114,6 +116,29 @@ class Mutation:
             if c == cf and v is not None and k.startswith(prefix):
                 return True
         return any(self.overlay.get((cf, k), b"") is not None for k in self.index.scan_keys(cf, prefix))
+
+    # -- derived indexes -------------------------------------------------------------------------------
+    def add_root(self, repo: str, digest: str, last_used: int) -> None:
+        key = t_key(last_used) + _k(repo, digest)
+        if self.get("lru", key) is None:
+            self.put("lru", key)
+            self.put("repo_lru", repo.encode() + SEP + t_key(last_used) + digest.encode())
+            self.count("roots", 1)
+
+    def remove_root(self, repo: str, digest: str, last_used: int) -> None:
+        key = t_key(last_used) + _k(repo, digest)
+        if self.get("lru", key) is not None:
+            self.delete("lru", key)
+            self.delete("repo_lru", repo.encode() + SEP + t_key(last_used) + digest.encode())
+            self.count("roots", -1)
+
+    def is_root_entry(self, repo: str, digest: str, last_used: int) -> bool:
+        return self.get("lru", t_key(last_used) + _k(repo, digest)) is not None
+
+    def repo_usage(self, repo: str, delta: int) -> None:
+        """Adjust a repository's usage (creating its entry: repositories are listed from these)."""
+        raw = self.get("repos", repo.encode())
+        self.put("repos", repo.encode(), _I64.pack((_I64.unpack(raw)[0] if raw else 0) + delta))
 
     # -- typed access ----------------------------------------------------------------------------------
     def blob(self, digest: str) -> BlobRecord | None:
@@ -256,6 +281,21 @@ class Index:
     def repo_exists(self, repo: str) -> bool:
         return self.cf["repos"].get(repo.encode()) is not None
 
+    def is_root(self, repo: str, digest: str, last_used: int) -> bool:
+        return self.cf["lru"].get(t_key(last_used) + _k(repo, digest)) is not None
+
+    def repo_usages(self) -> Iterator[tuple[str, int]]:
+        """Every repository with its usage in bytes (an operator listing; O(repositories))."""
+        for key, value in self.scan("repos"):
+            yield key.decode(), _I64.unpack(value)[0] if value else 0
+
+    def repo_roots_by_age(self, repo: str) -> Iterator[tuple[int, str]]:
+        """One repository's roots from least to most recently used: ``(last use ms, digest)``."""
+        prefix = repo.encode() + SEP
+        for key in self.scan_keys("repo_lru", prefix):
+            rest = key[len(prefix):]
+            yield _T.unpack(rest[:8])[0], rest[8:].decode()
+
     def upload(self, session_id: str) -> UploadRecord | None:
         raw = self.cf["uploads"].get(session_id.encode())
         return UploadRecord.decode(raw) if raw else None
@@ -356,9 +396,9 @@ class Index:
         return True
 
     def _link(self, m: Mutation, digest: str, repo: str, size: int) -> None:
-        m.put("links", _k(digest, repo), _U64.pack(size))
-        if m.get("repos", repo.encode()) is None:
-            m.put("repos", repo.encode())
+        if m.get("links", _k(digest, repo)) is None:
+            m.put("links", _k(digest, repo), _U64.pack(size))
+            m.repo_usage(repo, size)
 
     def _lease(self, m: Mutation, digest: str, rec: BlobRecord, until: int) -> None:
         """Protect a blob until ``until``; an unreferenced blob's orphan time moves with its lease."""
@@ -395,7 +435,7 @@ class Index:
         prefix = _k(digest, repo) + SEP
         for key in m.keys_with_prefix("blob_refs", prefix):
             self._delete_manifest(m, repo, key[len(prefix):].decode())
-        m.delete("links", _k(digest, repo))
+        self._unlink(m, digest, repo)
         self.write(m)
         return m.removed
 
@@ -412,8 +452,9 @@ class Index:
         rec = m.blob(digest)
         if rec is None:
             return
-        for key in m.keys_with_prefix("links", digest.encode() + SEP):
-            m.delete("links", key)
+        prefix = digest.encode() + SEP
+        for key in m.keys_with_prefix("links", prefix):
+            self._unlink(m, digest, key[len(prefix):].decode())
         if rec.orphan_at:
             m.delete("orphans", t_key(rec.orphan_at) + digest.encode())
         m.delete("blobs", digest.encode())
@@ -423,6 +464,12 @@ class Index:
         m.count("blob_bytes", -rec.size)
         m.count("blobs", -1)
         m.removed.blobs.append((digest, rec.stored_size))
+
+    def _unlink(self, m: Mutation, digest: str, repo: str) -> None:
+        raw = m.get("links", _k(digest, repo))
+        if raw is not None:
+            m.delete("links", _k(digest, repo))
+            m.repo_usage(repo, -_U64.unpack(raw)[0])
 
     def forget_unlink(self, digests: list[str]) -> None:
         m = self.mutation()
@@ -485,8 +532,7 @@ class Index:
                     self._refresh_root(m, repo, child, crec)
             if rec.subject and referrer is not None:
                 m.put("referrers", _k(repo, rec.subject, digest), json.dumps(referrer).encode())
-            if m.get("repos", repo.encode()) is None:
-                m.put("repos", repo.encode())
+            m.repo_usage(repo, rec.size)
         else:
             rec = existing
             rec.last_used = self.now_ms()
@@ -515,21 +561,12 @@ class Index:
     def _refresh_root(self, m: Mutation, repo: str, digest: str, rec: ManifestRecord,
                       old_last_used: int | None = None) -> None:
         """Keep the ``lru`` entry present exactly when the manifest is a root, at its current last use."""
-        suffix = _k(repo, digest)
         if old_last_used is not None and old_last_used != rec.last_used:
-            old_key = t_key(old_last_used) + suffix
-            if m.get("lru", old_key) is not None:
-                m.delete("lru", old_key)
-                m.count("roots", -1)
-        key = t_key(rec.last_used) + suffix
-        present = m.get("lru", key) is not None
+            m.remove_root(repo, digest, old_last_used)
         if self._is_root(m, repo, digest):
-            if not present:
-                m.put("lru", key)
-                m.count("roots", 1)
-        elif present:
-            m.delete("lru", key)
-            m.count("roots", -1)
+            m.add_root(repo, digest, rec.last_used)
+        else:
+            m.remove_root(repo, digest, rec.last_used)
 
     def delete_tag(self, repo: str, tag: str) -> bool:
         m = self.mutation()
@@ -561,10 +598,8 @@ class Index:
         key = _k(repo, digest)
         m.delete("manifests", key)
         m.delete("bodies", key)
-        lru_key = t_key(rec.last_used) + key
-        if m.get("lru", lru_key) is not None:
-            m.delete("lru", lru_key)
-            m.count("roots", -1)
+        m.remove_root(repo, digest, rec.last_used)
+        m.repo_usage(repo, -rec.size)
         for tkey in m.keys_with_prefix("manifest_tags", key + SEP):
             tag = tkey[len(key) + 1:]
             m.delete("manifest_tags", tkey)
@@ -589,7 +624,7 @@ class Index:
                     brec.orphan_at = max(now, brec.lease_until)
                     m.put("orphans", t_key(brec.orphan_at) + blob.encode())
                     m.put_blob(blob, brec)
-                    m.new_orphans.append(blob)
+                    m.removed.orphans.append(blob)
         for child in dict.fromkeys(rec.children):
             m.delete("child_refs", _k(repo, child, digest))
             crec = m.manifest(repo, child)

@@ -21,6 +21,7 @@ from cachesvc.api.names import Digest
 from cachesvc.metrics import Metrics
 from cachesvc.settings import Settings
 from cachesvc.store.blobs import AppendFile, BlobFiles, fsync_dir, hash_file, storage_error
+from cachesvc.store.eviction import Evictor
 from cachesvc.store.index import Index, Removed
 from cachesvc.store.layout import Layout
 from cachesvc.store.manifests import BUILDKIT_CACHE_CONFIG, ParsedManifest, parse_manifest
@@ -64,6 +65,8 @@ class Store:
                                       max_sessions=self.settings.max_upload_sessions,
                                       timeout=self.settings.upload_timeout)
         self.recency = Recency(self.index, grace_ms=self.grace_ms, clock=self.clock)
+        self.evictor = Evictor(self.settings, self.index, self.files, self.recency, self.metrics, clock=self.clock,
+                               root=str(self.layout.root))
         self._repair()
         self.opened = True
 
@@ -87,6 +90,7 @@ class Store:
         if not self.opened:
             self.open()
         self.recency.start()
+        self.evictor.start()
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._housekeeping()))
         await loop.run_in_executor(None, self.files.empty_trash)
@@ -98,6 +102,7 @@ class Store:
                 await task
         self._tasks.clear()
         if self.opened:
+            await self.evictor.stop()
             await self.recency.stop()
             for session in list(self.uploads.live.values()):
                 if session.file is not None:
@@ -159,9 +164,16 @@ class Store:
             self.files.to_trash(digest)
         self.index.forget_unlink([d for d, _ in removed.blobs])
 
+    def check_fits(self, size: int | None) -> None:
+        """Refuse at once an upload that could never fit the budget, before reading a byte of it."""
+        budget = self.settings.max_size
+        if budget and size is not None and size > budget:
+            raise RegistryError("STORAGE_FULL", {"reason": f"{size} bytes is more than the whole budget ({budget})"})
+
     async def write_blob(self, repo: str, digest: Digest, chunks: AsyncIterator[bytes],
                          expected: int | None) -> int:
         """Monolithic upload (POST or PUT with the whole body): stream, verify, install."""
+        self.check_fits(expected)
         session = self.uploads.open(repo)
         async with session.lock:
             try:
@@ -177,7 +189,13 @@ class Store:
         if start is not None and start != session.record.offset:
             raise RegistryError("RANGE_INVALID", {"reason": f"chunk starts at {start}, upload is at "
                                                   f"{session.record.offset}"}, status=416)
-        return await self.uploads.append(session, chunks, expected)
+        if expected is not None:
+            self.check_fits(session.record.offset + expected)
+        offset = await self.uploads.append(session, chunks, expected)
+        if self.settings.max_size and offset > self.settings.max_size:
+            self.uploads.close(session, remove_file=True)
+            self.check_fits(offset)
+        return offset
 
     async def finish_upload(self, session: Session, digest: Digest, chunks: AsyncIterator[bytes] | None,
                             start: int | None, expected: int | None) -> int:
@@ -209,6 +227,7 @@ class Store:
             session.file = None
             await self._install(session.record.repo, str(digest), path, size)
         except OSError as e:
+            self.evictor.wake.set()
             raise storage_error(e, "storing the blob") from None
         self.uploads.close(session, remove_file=False)
         self.metrics.bytes_received.inc(size)
@@ -226,10 +245,16 @@ class Store:
             self.index.add_blob(digest, size, repo, self.grace_ms)
             await self.index.sync()
             return
+        if not await self.evictor.make_room(size):
+            raise RegistryError("STORAGE_FULL", {"reason": f"no room for {size} bytes even after eviction"})
+        if self.index.blob(digest) is not None:  # stored meanwhile by a concurrent upload
+            await self._install(repo, digest, path, size)
+            return
         # No await between these three steps: nothing can interleave with the rename.
         self.index.begin_commit(digest)
         directory = self.files.install(path, digest)
         self.index.add_blob(digest, size, repo, self.grace_ms)
+        self.evictor.poke()
         loop = asyncio.get_running_loop()
         await asyncio.gather(loop.run_in_executor(None, fsync_dir, directory), self.index.sync())
 
@@ -307,6 +332,7 @@ class Store:
         referrer = parsed.referrer_descriptor(digest, len(body)) if parsed.subject else None
         self.index.put_manifest(repo, digest, rec, body, tag, referrer)
         self.recency.release(rec.blobs)
+        self.evictor.poke()
         self._warn_oversized_cache(repo, tag or digest, parsed, len(body))
         self.metrics.bytes_received.inc(len(body))
         await self.index.sync()

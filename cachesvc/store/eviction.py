@@ -1,0 +1,361 @@
+"""Eviction: keep the store inside its budget by removing whole roots, least recently used first.
+
+Policy (what goes, and why) is decided here; the index's mutations do the deleting, one atomic batch per root,
+so a manifest is never served without its blobs: evicting a root removes it, the indexes that list it and the
+children nothing else keeps, and then exactly the blobs no remaining manifest references and no lease protects.
+
+Reasons, checked in this order on every pass:
+
+``max_age``  roots unused for ``--max-age`` go even under budget;
+``quota``    a ``--repo-quota PATTERN=SIZE`` whose repositories together exceed SIZE evicts their own LRU roots;
+``budget``   over ``--max-size``: evict down to ``--evict-to`` x max-size;
+``min_free`` free space under ``--root`` below ``--min-free``: evict until free >= min-free / evict-to.
+
+Roots whose tags match a ``--pin`` glob (on ``repo:tag``) are never evicted. Blobs pushed but not referenced by
+any manifest yet wait out ``--upload-grace`` (and leases) before they may go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import fnmatch
+import heapq
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from cachesvc.metrics import Metrics
+from cachesvc.settings import Settings
+from cachesvc.store.blobs import BlobFiles
+from cachesvc.store.index import Index, Removed, t_key
+from cachesvc.store.recency import Recency
+from cachesvc.units import parse_size
+
+log = logging.getLogger("cachesvc.eviction")
+
+PASS_INTERVAL = 5.0  # seconds between background passes (an upload over budget wakes the evictor at once)
+YIELD_EVERY = 0.002  # seconds of eviction work between yields to the event loop
+
+
+@dataclass
+class Eviction:
+    """One evicted root, for logs, ``cachesvc stats`` and the dry run."""
+
+    when: float
+    reason: str
+    repo: str
+    digest: str
+    tags: list[str]
+    last_used: float
+    bytes: int
+    blobs: int = 0
+
+
+@dataclass
+class Quota:
+    pattern: str
+    limit: int
+
+    def matches(self, repo: str) -> bool:
+        return fnmatch.fnmatchcase(repo, self.pattern) or repo.startswith(self.pattern.rstrip("/") + "/")
+
+
+@dataclass
+class Plan:
+    """A dry run's answer: what would go, in order, and the usage it starts from."""
+
+    used: int
+    budget: int
+    free: int
+    evictions: list[Eviction] = field(default_factory=list)
+
+
+class Evictor:
+    """Runs eviction passes in the background and on demand (an upload that needs room)."""
+
+    def __init__(self, settings: Settings, index: Index, files: BlobFiles, recency: Recency, metrics: Metrics,
+                 *, clock: Callable[[], float], root: str) -> None:
+        self.settings = settings
+        self.index = index
+        self.files = files
+        self.recency = recency
+        self.metrics = metrics
+        self.clock = clock
+        self.root = root
+        self.quotas = [Quota(p, parse_size(s)) for p, _, s in (q.partition("=") for q in settings.repo_quota)]
+        self.recent: collections.deque[Eviction] = collections.deque(maxlen=200)
+        self.wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.last_pass = 0.0
+
+    # -- measurements --------------------------------------------------------------------------------------
+    def used(self) -> int:
+        return self.index.counters["disk_bytes"]
+
+    def free_bytes(self) -> int:
+        st = os.statvfs(self.root)
+        return st.f_bavail * st.f_frsize
+
+    def min_free_bytes(self) -> int:
+        size, fraction = self.settings.min_free
+        if fraction:
+            st = os.statvfs(self.root)
+            return int(st.f_blocks * st.f_frsize * fraction)
+        return size
+
+    def over_budget(self, extra: int = 0) -> bool:
+        budget = self.settings.max_size
+        return bool(budget) and self.used() + extra > budget
+
+    def short_of_space(self, extra: int = 0) -> bool:
+        floor = self.min_free_bytes()
+        return bool(floor) and self.free_bytes() - extra < floor
+
+    def pinned(self, repo: str, digest: str) -> bool:
+        if not self.settings.pin:
+            return False
+        names = [f"{repo}:{t}" for t in self.index.tags_of(repo, digest)] + [f"{repo}@{digest}"]
+        return any(fnmatch.fnmatchcase(n, p) for n in names for p in self.settings.pin)
+
+    # -- the mechanics of one root -------------------------------------------------------------------------
+    def evict_root(self, repo: str, digest: str, last_used: int, reason: str) -> Eviction | None:
+        """Remove one root and whatever it alone kept; returns what went (None if it was already gone).
+
+        The candidate came from an ordered scan that requests may have overtaken: a root used since (even if
+        that use is not flushed yet) or no longer a root is skipped, unless an operator asked for it by name."""
+        rec = self.index.manifest(repo, digest)
+        if rec is None:
+            return None
+        if reason != "manual":
+            pending = self.recency.manifests.get((repo, digest), 0)
+            if rec.last_used != last_used or pending > last_used or not self.index.is_root(repo, digest, last_used):
+                return None
+        tags = self.index.tags_of(repo, digest)
+        removed = self.index.delete_manifest(repo, digest)
+        if removed is None:
+            return None
+        freed = sum(size for _, _, size in removed.manifests)
+        n_blobs = 0
+        for blob in removed.orphans:
+            dropped = self.drop_orphan_now(blob)
+            if dropped is not None:
+                freed += sum(size for _, size in dropped.blobs)
+                n_blobs += len(dropped.blobs)
+        ev = Eviction(self.clock(), reason, repo, digest, tags, last_used / 1000, freed, n_blobs)
+        self.recent.append(ev)
+        self.metrics.evictions.labels(reason).inc()
+        self.metrics.evicted_bytes.labels(reason).inc(freed)
+        log.info("evicted %s@%s (tags: %s) for %s: %d bytes, %d blobs", repo, digest, ",".join(tags) or "-",
+                 reason, freed, n_blobs)
+        return ev
+
+    def drop_orphan_now(self, digest: str) -> Removed | None:
+        rec = self.index.blob(digest)
+        if rec is None or not rec.orphan_at:
+            return None
+        removed = self.index.drop_orphan(t_key(rec.orphan_at) + digest.encode(), digest,
+                                         self.recency.lease_of(digest))
+        if removed is not None:
+            self._trash(removed)
+        return removed
+
+    def _trash(self, removed: Removed) -> None:
+        for digest, _ in removed.blobs:
+            self.files.to_trash(digest)
+        self.index.forget_unlink([d for d, _ in removed.blobs])
+
+    def sweep_orphans(self, limit: int = 100_000) -> int:
+        """Drop unreferenced blobs whose grace and leases have run out."""
+        now = self.index.now_ms()
+        n = 0
+        for key, digest in list(self._take(self.index.due_orphans(now), limit)):
+            removed = self.index.drop_orphan(key, digest, self.recency.lease_of(digest))
+            if removed is not None:
+                self._trash(removed)
+                n += len(removed.blobs)
+        return n
+
+    @staticmethod
+    def _take(it: Iterator[tuple[bytes, str]], limit: int) -> Iterator[tuple[bytes, str]]:
+        for i, item in enumerate(it):
+            if i >= limit:
+                return
+            yield item
+
+    # -- policy ----------------------------------------------------------------------------------------------
+    def candidates(self, reason: str) -> Iterator[tuple[int, str, str]]:
+        """Roots in eviction order for a reason: ``(last use ms, repo, digest)``, pinned ones skipped."""
+        if reason == "quota":
+            return iter(())
+        for _key, t, repo, digest in self.index.roots_by_age():
+            if not self.pinned(repo, digest):
+                yield t, repo, digest
+
+    def quota_candidates(self, quota: Quota) -> Iterator[tuple[int, str, str]]:
+        repos = [r for r, _ in self.index.repo_usages() if quota.matches(r)]
+        streams = [((t, r, d) for t, d in self.index.repo_roots_by_age(r)) for r in repos]
+        for t, repo, digest in heapq.merge(*streams):
+            if not self.pinned(repo, digest):
+                yield t, repo, digest
+
+    def quota_usage(self, quota: Quota) -> int:
+        return sum(u for r, u in self.index.repo_usages() if quota.matches(r))
+
+    async def run_pass(self, *, need: int = 0) -> list[Eviction]:
+        """One eviction pass. Each root goes in one atomic batch; between roots the pass yields to requests
+        now and then, so serving continues while it runs."""
+        self.last_pass = self.clock()
+        done: list[Eviction] = []
+        self.sweep_orphans()
+        if self.settings.max_age:
+            cutoff = self.index.now_ms() - int(self.settings.max_age * 1000)
+            done += await self._evict(self._until(self.candidates("max_age"), lambda t: t >= cutoff),
+                                      lambda: False, "max_age")
+        for quota in self.quotas:
+            if self.quota_usage(quota) > quota.limit:
+                target = int(quota.limit * self.settings.evict_to)
+                done += await self._evict(self.quota_candidates(quota),
+                                          lambda q=quota, t=target: self.quota_usage(q) <= t, "quota")
+        budget = self.settings.max_size
+        if budget and self.used() + need > budget:
+            target = int(budget * self.settings.evict_to) - need
+            done += await self._evict(self.candidates("budget"), lambda: self.used() <= target, "budget")
+        floor = self.min_free_bytes()
+        if floor and self.free_bytes() - need < floor:
+            start_used = self.used()
+            deficit = int(floor / self.settings.evict_to) - (self.free_bytes() - need)
+            done += await self._evict(self.candidates("min_free"), lambda: start_used - self.used() >= deficit,
+                                      "min_free")
+        if done:
+            self.sweep_orphans()
+        return done
+
+    async def _evict(self, candidates: Iterator[tuple[int, str, str]], satisfied: Callable[[], bool],
+                     reason: str) -> list[Eviction]:
+        done = []
+        slice_start = time.perf_counter()
+        for t, repo, digest in candidates:
+            if satisfied():
+                break
+            if (ev := self.evict_root(repo, digest, t, reason)) is not None:
+                done.append(ev)
+            if time.perf_counter() - slice_start > YIELD_EVERY:
+                await asyncio.sleep(0)
+                slice_start = time.perf_counter()
+        return done
+
+    @staticmethod
+    def _until(it: Iterator[tuple[int, str, str]], stop: Callable[[int], bool]) -> Iterator[tuple[int, str, str]]:
+        for item in it:
+            if stop(item[0]):
+                return
+            yield item
+
+    async def make_room(self, size: int) -> bool:
+        """Before storing ``size`` more bytes: evict if needed; False when it still would not fit."""
+        if not self.over_budget(size) and not self.short_of_space(size):
+            return True
+        await self.run_pass(need=size)
+        return not self.over_budget(size) and not self.short_of_space(size)
+
+    def plan(self) -> Plan:
+        """What a pass would evict now, without evicting anything (``cachesvc evict --dry-run``)."""
+        plan = Plan(self.used(), self.settings.max_size, self.free_bytes())
+        gone: set[tuple[str, str]] = set()
+        freed_blobs: set[str] = set()
+        now = self.index.now_ms()
+
+        def cost(repo: str, digest: str) -> tuple[int, int]:
+            stack, total, nblobs = [(repo, digest)], 0, 0
+            while stack:
+                r, d = stack.pop()
+                if (r, d) in gone:
+                    continue
+                rec = self.index.manifest(r, d)
+                if rec is None:
+                    continue
+                gone.add((r, d))
+                total += rec.size
+                for blob in rec.blobs:
+                    users = [u for u in self.index.manifests_using_blob(blob) if u not in gone]
+                    if not users and blob not in freed_blobs and self.recency.lease_of(blob) <= now:
+                        brec = self.index.blob(blob)
+                        if brec is not None and brec.lease_until <= now:
+                            freed_blobs.add(blob)
+                            total += brec.stored_size
+                            nblobs += 1
+                stack.extend((r, c) for c in rec.children)
+            return total, nblobs
+
+        def add(t: int, repo: str, digest: str, reason: str) -> int:
+            if (repo, digest) in gone:
+                return 0
+            tags = self.index.tags_of(repo, digest)
+            size, nblobs = cost(repo, digest)
+            plan.evictions.append(Eviction(self.clock(), reason, repo, digest, tags, t / 1000, size, nblobs))
+            return size
+
+        if self.settings.max_age:
+            cutoff = now - int(self.settings.max_age * 1000)
+            for t, repo, digest in self._until(self.candidates("max_age"), lambda t: t >= cutoff):
+                add(t, repo, digest, "max_age")
+        freed = sum(e.bytes for e in plan.evictions)
+        for quota in self.quotas:
+            excess = self.quota_usage(quota) - int(quota.limit * self.settings.evict_to)
+            if self.quota_usage(quota) > quota.limit:
+                for t, repo, digest in self.quota_candidates(quota):
+                    if excess <= 0:
+                        break
+                    got = add(t, repo, digest, "quota")
+                    excess -= got
+                    freed += got
+        budget = self.settings.max_size
+        if budget and plan.used - freed > budget:
+            target = int(budget * self.settings.evict_to)
+            for t, repo, digest in self.candidates("budget"):
+                if plan.used - freed <= target:
+                    break
+                freed += add(t, repo, digest, "budget")
+        floor = self.min_free_bytes()
+        if floor and plan.free + freed < floor:
+            goal = int(floor / self.settings.evict_to)
+            for t, repo, digest in self.candidates("min_free"):
+                if plan.free + freed >= goal:
+                    break
+                freed += add(t, repo, digest, "min_free")
+        return plan
+
+    # -- background ------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def poke(self) -> None:
+        """Something grew: let the background pass look now instead of at its next tick."""
+        if self.over_budget() or self.short_of_space():
+            self.wake.set()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), PASS_INTERVAL)
+            self.wake.clear()
+            try:
+                started = time.perf_counter()
+                done = await self.run_pass()
+                if done:
+                    await loop.run_in_executor(None, self.files.empty_trash)
+                    log.info("eviction pass: %d roots, %d bytes in %.3fs", len(done), sum(e.bytes for e in done),
+                             time.perf_counter() - started)
+            except Exception:
+                log.exception("eviction pass failed; will retry")

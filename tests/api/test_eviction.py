@@ -1,0 +1,210 @@
+"""Eviction through the real API: budget, recency, pins, quotas, max age, grace, leases, refusal, dry run.
+
+The clock is injected, so every scenario is deterministic: time moves only when a test says so.
+"""
+
+from __future__ import annotations
+
+import os
+
+from tests.support.inproc import Running, error_code, image_manifest, sha256
+
+KB = 1024
+
+
+async def image(reg: Running, repo: str, tag: str, size: int = 30 * KB, shared: bytes | None = None) -> list[bytes]:
+    layers = [os.urandom(size)] + ([shared] if shared else [])
+    await reg.push_image(repo, tag, layers, config=os.urandom(64))
+    return layers
+
+
+async def served_whole(reg: Running, repo: str, tag: str) -> bool:
+    """True when the tag is served and every blob it names can be fetched (False for a clean miss)."""
+    async with reg.http.get(f"/v2/{repo}/manifests/{tag}") as r:
+        if r.status == 404:
+            return False
+        doc = await r.json(content_type=None)
+    for d in [doc["config"], *doc["layers"]]:
+        async with reg.http.get(f"/v2/{repo}/blobs/{d['digest']}") as r:
+            assert r.status == 200, f"{repo}:{tag} is served but its blob {d['digest']} is not"
+    return True
+
+
+async def test_budget_evicts_least_recently_used_first(make_server, clock) -> None:
+    reg = await make_server(max_size=200 * KB, upload_grace=10)
+    for i in range(5):
+        await image(reg, "cache/app", f"b{i}")
+        clock.advance(60)
+    # b0 is the oldest; using it makes b1 the least recently used.
+    assert await served_whole(reg, "cache/app", "b0")
+    clock.advance(60)
+    for i in range(5, 8):
+        await image(reg, "cache/app", f"b{i}")
+        clock.advance(60)
+    await reg.store.evictor.run_pass()
+    assert reg.store.index.counters["disk_bytes"] <= 200 * KB
+    assert not await served_whole(reg, "cache/app", "b1")
+    assert await served_whole(reg, "cache/app", "b0")
+    assert await served_whole(reg, "cache/app", "b7")
+    reasons = {e.reason for e in reg.store.evictor.recent}
+    assert reasons == {"budget"}
+
+
+async def test_shared_blob_stays_while_any_root_needs_it(make_server, clock) -> None:
+    reg = await make_server(max_size=150 * KB, upload_grace=10)
+    base = os.urandom(20 * KB)
+    await image(reg, "cache/app", "old", shared=base)
+    clock.advance(60)
+    await image(reg, "cache/app", "new", shared=base)
+    clock.advance(60)
+    for i in range(4):
+        await image(reg, "cache/other", f"x{i}")
+        clock.advance(60)
+    await reg.store.evictor.run_pass()
+    assert not await served_whole(reg, "cache/app", "old")
+    if await served_whole(reg, "cache/app", "new"):
+        async with reg.http.head(f"/v2/cache/app/blobs/{sha256(base)}") as r:
+            assert r.status == 200
+
+
+async def test_pinned_roots_survive(make_server, clock) -> None:
+    reg = await make_server(max_size=100 * KB, upload_grace=10, pin=["cache/app:main"])
+    await image(reg, "cache/app", "main")
+    clock.advance(3600)
+    for i in range(4):
+        await image(reg, "cache/app", f"pr-{i}")
+        clock.advance(60)
+    await reg.store.evictor.run_pass()
+    assert await served_whole(reg, "cache/app", "main")
+    assert not await served_whole(reg, "cache/app", "pr-0")
+
+
+async def test_repo_quota_evicts_only_its_own(make_server, clock) -> None:
+    reg = await make_server(repo_quota=["cache/noisy=70KiB"], upload_grace=10)
+    await image(reg, "cache/quiet", "a")
+    clock.advance(60)
+    for i in range(4):
+        await image(reg, "cache/noisy", f"n{i}")
+        clock.advance(60)
+    done = await reg.store.evictor.run_pass()
+    assert {e.reason for e in done} == {"quota"} and {e.repo for e in done} == {"cache/noisy"}
+    assert await served_whole(reg, "cache/quiet", "a")
+    assert await served_whole(reg, "cache/noisy", "n3")
+    usage = dict(reg.store.index.repo_usages())["cache/noisy"]
+    assert usage <= 70 * KB
+
+
+async def test_max_age(make_server, clock) -> None:
+    reg = await make_server(max_age=3600, upload_grace=10)
+    await image(reg, "cache/app", "stale")
+    clock.advance(1800)
+    await image(reg, "cache/app", "fresh")
+    clock.advance(2000)
+    done = await reg.store.evictor.run_pass()
+    assert [(e.reason, e.tags) for e in done] == [("max_age", ["stale"])]
+    assert await served_whole(reg, "cache/app", "fresh")
+
+
+async def test_unreferenced_blobs_wait_out_the_grace_period(make_server, clock) -> None:
+    reg = await make_server(upload_grace=3600)
+    d = await reg.push_blob("cache/app", b"export in progress")
+    clock.advance(1800)
+    await reg.store.evictor.run_pass()
+    async with reg.http.head(f"/v2/cache/app/blobs/{d}") as r:
+        assert r.status == 200  # answering also renews the lease
+    clock.advance(3601)
+    await reg.store.evictor.run_pass()
+    async with reg.http.head(f"/v2/cache/app/blobs/{d}") as r:
+        assert r.status == 404
+    assert not os.path.exists(reg.store.files.path(d))
+
+
+async def test_head_lease_protects_blob_until_the_manifest_arrives(make_server, clock) -> None:
+    """BuildKit HEADs a blob (200: skip upload), then pushes a manifest; eviction in between must not strand it."""
+    reg = await make_server(max_size=80 * KB, upload_grace=600)
+    layers = await image(reg, "cache/app", "old")
+    clock.advance(60)
+    async with reg.http.head(f"/v2/cache/app/blobs/{sha256(layers[0])}") as r:
+        assert r.status == 200
+    for i in range(3):  # pressure: the old root goes
+        await image(reg, "cache/app", f"n{i}", size=20 * KB)
+        clock.advance(1)
+    await reg.store.evictor.run_pass()
+    assert not await served_whole(reg, "cache/app", "old")
+    cfg = await reg.push_blob("cache/app", b"{}")
+    doc = image_manifest(cfg, 2, [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                                   "digest": sha256(layers[0]), "size": len(layers[0])}])
+    await reg.push_manifest("cache/app", "next", doc)
+    assert await served_whole(reg, "cache/app", "next")
+
+
+async def test_upload_larger_than_budget_is_refused(make_server) -> None:
+    reg = await make_server(max_size=50 * KB)
+    data = os.urandom(60 * KB)
+    async with reg.http.post("/v2/a/blobs/uploads/", params={"digest": sha256(data)}, data=data) as r:
+        assert r.status == 507 and await error_code(r) == "STORAGE_FULL"
+    async with reg.http.post("/v2/a/blobs/uploads/") as r:
+        location = r.headers["Location"]
+
+    async def chunked():
+        yield data
+
+    async with reg.http.patch(location, data=chunked()) as r:
+        assert r.status == 507
+    assert list((reg.root / "uploads").iterdir()) == []
+
+
+async def test_upload_that_cannot_fit_even_after_eviction(make_server, clock) -> None:
+    reg = await make_server(max_size=100 * KB, pin=["*"], upload_grace=10)
+    await image(reg, "cache/app", "keep")
+    clock.advance(60)
+    await image(reg, "cache/app", "keep2")
+    data = os.urandom(40 * KB)
+    async with reg.http.post("/v2/a/blobs/uploads/", params={"digest": sha256(data)}, data=data) as r:
+        assert r.status == 507
+    assert await served_whole(reg, "cache/app", "keep") and await served_whole(reg, "cache/app", "keep2")
+
+
+async def test_recency_survives_restart(make_server, clock) -> None:
+    reg = await make_server(max_size=80 * KB, upload_grace=10)
+    await image(reg, "cache/app", "a")
+    clock.advance(60)
+    await image(reg, "cache/app", "b")
+    clock.advance(60)
+    assert await served_whole(reg, "cache/app", "a")  # a is now the most recently used
+    await reg.restart()  # flushes recency on the way out
+    clock.advance(60)
+    await image(reg, "cache/app", "c")
+    await reg.store.evictor.run_pass()
+    assert await served_whole(reg, "cache/app", "a")
+    assert not await served_whole(reg, "cache/app", "b")
+
+
+async def test_dry_run_plan_changes_nothing(make_server, clock) -> None:
+    reg = await make_server(upload_grace=10)
+    for i in range(4):
+        await image(reg, "cache/app", f"t{i}")
+        clock.advance(60)
+    before = dict(reg.store.index.counters)
+    reg.store.settings.max_size = 70 * KB
+    plan = reg.store.evictor.plan()
+    assert [e.tags for e in plan.evictions] == [["t0"], ["t1"]]
+    assert all(e.reason == "budget" and e.bytes > 30 * KB for e in plan.evictions)
+    assert reg.store.index.counters == before
+    done = await reg.store.evictor.run_pass()
+    assert [e.tags for e in done] == [["t0"], ["t1"]]
+
+
+async def test_min_free(make_server, clock) -> None:
+    """A filesystem of 1 GB holding only the cache, with min-free leaving room for ~70 KiB of it."""
+    reg = await make_server(min_free=(10**9 - 70 * KB, 0.0), upload_grace=10)
+    ev = reg.store.evictor
+    ev.free_bytes = lambda: 10**9 - ev.used()  # type: ignore[method-assign]
+    for i in range(4):
+        await image(reg, "cache/app", f"t{i}")
+        clock.advance(60)
+    await ev.run_pass()
+    assert {e.reason for e in ev.recent} == {"min_free"}
+    assert ev.free_bytes() >= 10**9 - 70 * KB
+    assert await served_whole(reg, "cache/app", "t3")
+    assert not await served_whole(reg, "cache/app", "t0")
