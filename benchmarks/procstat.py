@@ -37,6 +37,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def machine_busy_seconds() -> float:
+    """CPU time all cores spent busy (not idle, not waiting for I/O) since boot, from /proc/stat."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:]]
+    return (sum(ticks[:8]) - ticks[3] - ticks[4]) / CLK_TCK
+
+
 def client_cpu_seconds() -> float:
     """CPU time of this process plus its waited-for children (ab, wrk, curl)."""
     own = resource.getrusage(resource.RUSAGE_SELF)
@@ -46,16 +53,19 @@ def client_cpu_seconds() -> float:
 
 @dataclass
 class CpuMeter:
-    """CPU cores used by each server and by the client over one measurement."""
+    """CPU cores used by each server, by the client, and by anything else on the machine over one
+    measurement."""
 
     pids: dict[str, int]
     start: dict[str, float] = field(default_factory=dict)
     t0: float = 0.0
     client0: float = 0.0
+    machine0: float = 0.0
 
     def __enter__(self) -> CpuMeter:
         self.start = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
         self.client0 = client_cpu_seconds()
+        self.machine0 = machine_busy_seconds()
         self.t0 = time.perf_counter()
         return self
 
@@ -64,6 +74,9 @@ class CpuMeter:
         self.cores = {name: round((cpu_seconds(pid) - self.start[name]) / self.elapsed, 2)
                       for name, pid in self.pids.items()}
         self.cores["client"] = round((client_cpu_seconds() - self.client0) / self.elapsed, 2)
+        busy = (machine_busy_seconds() - self.machine0) / self.elapsed
+        # anything else running on the machine meanwhile (other jobs perturb the figure)
+        self.cores["other"] = round(max(0.0, busy - sum(self.cores.values())), 2)
 
 
 class RssSampler(threading.Thread):

@@ -12,8 +12,8 @@ class Profile:
     """Sizes, durations and repetitions for one benchmark run."""
 
     name: str
-    rate_seconds: float  # one request-rate measurement (ab / wrk)
-    warmup_seconds: float  # per server and endpoint, before its rate measurements
+    rate_seconds: int  # one request-rate measurement (ab / wrk)
+    warmup_seconds: int  # per server and endpoint, before its rate measurements (0: none)
     concurrencies: tuple[int, ...]  # HEAD blob and GET manifest
     put_concurrencies: tuple[int, ...]  # manifest PUT
     push_size: int
@@ -33,7 +33,7 @@ class Profile:
 
 
 SMOKE = Profile(
-    name="smoke", rate_seconds=1.0, warmup_seconds=0.3, concurrencies=(1, 16, 64), put_concurrencies=(1, 16),
+    name="smoke", rate_seconds=1, warmup_seconds=0, concurrencies=(1, 16, 64), put_concurrencies=(1, 16),
     push_size=16 * MiB, push_reps=2, chunk_size=8 * MiB,
     pull_sizes=(1 * MiB, 16 * MiB), pull_streams=(1, 8), pull_seconds=0.6, range_size=1 * MiB,
     cache_blobs=200, cache_total=64 * MiB, cache_reps=1, cache_concurrency=4,
@@ -41,7 +41,7 @@ SMOKE = Profile(
 )
 
 FULL = Profile(
-    name="full", rate_seconds=6.0, warmup_seconds=1.5, concurrencies=(1, 16, 64), put_concurrencies=(1, 16),
+    name="full", rate_seconds=6, warmup_seconds=1, concurrencies=(1, 16, 64), put_concurrencies=(1, 16),
     push_size=256 * MiB, push_reps=3, chunk_size=8 * MiB,
     pull_sizes=(1 * MiB, 32 * MiB, 256 * MiB), pull_streams=(1, 8), pull_seconds=4.0, range_size=1 * MiB,
     cache_blobs=200, cache_total=1024 * MiB, cache_reps=2, cache_concurrency=4,

@@ -18,16 +18,19 @@ from aiohttp.web_request import BaseRequest
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from cachesvc import logs
+from cachesvc.api import admin
 from cachesvc.api.context import BYTES_IN, CACHE_RESULT, Registry
 from cachesvc.api.errors import RegistryError
 from cachesvc.api.routes import REGISTRY_ROUTES, Handler, Router
 from cachesvc.metrics import Metrics
 from cachesvc.settings import Settings
 from cachesvc.store.store import Store
+from cachesvc.traffic import Traffic
 
 log = logging.getLogger("cachesvc.server")
 
 OPERATOR_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+ADMIN_PREFIX = "/_cachesvc/api/"
 COMMON_HEADERS = {"Docker-Distribution-Api-Version": "registry/2.0"}
 
 
@@ -38,7 +41,8 @@ class Server:
         self.settings = settings
         self.metrics = Metrics()
         self.store = store or Store(settings, metrics=self.metrics)
-        self.registry = Registry(self.store, settings, self.metrics)
+        self.traffic = Traffic(self.store.clock)
+        self.registry = Registry(self.store, settings, self.metrics, self.traffic)
         self.router = Router(REGISTRY_ROUTES)
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(3).hex()
@@ -93,6 +97,9 @@ class Server:
 
     def resolve(self, method: str, path: str) -> tuple[str, dict[str, str], Handler]:
         """The route label, path parameters and handler for a request (405/404 as spec errors)."""
+        if path.startswith(ADMIN_PREFIX):
+            action = path[len(ADMIN_PREFIX):]
+            return f"{ADMIN_PREFIX}{{action}}", {"action": action}, admin.admin_api
         if not path.startswith("/v2"):
             return (path if path in OPERATOR_PATHS else "other"), {}, self.operator_endpoint
         found = self.router.match(path)

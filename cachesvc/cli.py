@@ -18,6 +18,27 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = sub.add_parser("serve", help="run the registry server")
     add_flags(serve)
+
+    def operator(name: str, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help)
+        p.add_argument("--url", help="server to talk to (default: http:// + the configured listen address)")
+        p.add_argument("--config", metavar="FILE.toml", help="settings file to find the listen address in")
+        return p
+
+    operator("usage", help="used/budget/free and the largest repositories")
+    operator("stats", help="usage, hit ratio, bytes served, top repositories, recent evictions")
+    evict = operator("evict", help="run an eviction pass now (or show what one would do)")
+    evict.add_argument("--dry-run", action="store_true", help="only show what would be evicted, and why")
+    ls = operator("ls", help="tags with size, last use and whether they are pinned")
+    ls.add_argument("repo", nargs="?", help="only this repository")
+    for name, what in (("pin", "never evict"), ("unpin", "stop pinning")):
+        p = operator(name, help=f"{what} REPO:TAG (globs allowed)")
+        p.add_argument("ref", metavar="REPO:TAG")
+    rm = operator("rm", help="remove a tag's cache (REPO:TAG) or a whole repository (REPO)")
+    rm.add_argument("ref", metavar="REPO[:TAG]")
+    fsck = operator("fsck", help="re-hash every blob and check index and files agree")
+    fsck.add_argument("--repair", action="store_true",
+                      help="quarantine corrupt blobs, drop manifests that lose blobs, remove stray files")
     return parser
 
 
@@ -45,11 +66,33 @@ def _run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_operator(args: argparse.Namespace) -> int:
+    from cachesvc.operator import COMMANDS, AdminClient, OperatorError
+
+    url = args.url
+    if not url:
+        try:
+            settings = load_settings({"config": args.config})
+        except SettingsError as e:
+            print(f"cachesvc: {e}", file=sys.stderr)
+            return 2
+        host = settings.host if settings.host not in ("", "0.0.0.0", "::") else "127.0.0.1"
+        url = f"http://{'[' + host + ']' if ':' in host else host}:{settings.port}"
+    try:
+        print(COMMANDS[args.command](AdminClient(url), args))
+    except OperatorError as e:
+        print(f"cachesvc: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return _run_serve(args)
-    raise AssertionError(args.command)  # pragma: no cover
+    return _run_operator(args)
 
 
 if __name__ == "__main__":  # pragma: no cover

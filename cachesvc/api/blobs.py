@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 from aiohttp.web_request import BaseRequest
 
-from cachesvc.api.context import CACHE_RESULT, Registry
+from cachesvc.api.context import Registry
 from cachesvc.api.errors import RegistryError
 from cachesvc.api.names import parse_digest, parse_name
 from cachesvc.api.ranges import parse_range
@@ -26,12 +26,9 @@ async def head_blob(reg: Registry, request: BaseRequest, p: dict[str, str]) -> w
     repo = parse_name(p["name"])
     digest = str(parse_digest(p["digest"]))
     size = reg.store.blob_size(repo, digest)
+    reg.lookup(request, repo, "blob", size is not None)
     if size is None:
-        reg.metrics.lookups.labels("blob", "miss").inc()
-        request[CACHE_RESULT] = "miss"
         raise RegistryError("BLOB_UNKNOWN", {"digest": digest})
-    reg.metrics.lookups.labels("blob", "hit").inc()
-    request[CACHE_RESULT] = "hit"
     return web.Response(status=200, headers={**_blob_headers(digest), "Content-Length": str(size)})
 
 
@@ -39,13 +36,10 @@ async def get_blob(reg: Registry, request: BaseRequest, p: dict[str, str]) -> we
     repo = parse_name(p["name"])
     digest = str(parse_digest(p["digest"]))
     opened = reg.store.open_blob(repo, digest)
+    reg.lookup(request, repo, "blob", opened is not None)
     if opened is None:
-        reg.metrics.lookups.labels("blob", "miss").inc()
-        request[CACHE_RESULT] = "miss"
         raise RegistryError("BLOB_UNKNOWN", {"digest": digest})
     fd, size = opened
-    request[CACHE_RESULT] = "hit"
-    reg.metrics.lookups.labels("blob", "hit").inc()
     headers = _blob_headers(digest)
     range_header = request.headers.get("Range")
     try:
@@ -54,11 +48,11 @@ async def get_blob(reg: Registry, request: BaseRequest, p: dict[str, str]) -> we
         BlobResponse(fd, 0, 0).close_file()
         raise
     if span is None:
-        reg.metrics.bytes_served.inc(size)
+        reg.served(repo, size)
         return BlobResponse(fd, 0, size, headers=headers)
     offset, count = span
     headers["Content-Range"] = f"bytes {offset}-{offset + count - 1}/{size}"
-    reg.metrics.bytes_served.inc(count)
+    reg.served(repo, count)
     return BlobResponse(fd, offset, count, status=206, headers=headers)
 
 

@@ -11,6 +11,7 @@ from cachesvc.api.errors import RegistryError
 from cachesvc.metrics import Metrics
 from cachesvc.settings import Settings
 from cachesvc.store.store import Store
+from cachesvc.traffic import Traffic
 
 try:
     from aiohttp.web import RequestKey
@@ -29,6 +30,18 @@ class Registry:
     store: Store
     settings: Settings
     metrics: Metrics
+    traffic: Traffic
+
+    def lookup(self, request: BaseRequest, repo: str, kind: str, hit: bool) -> None:
+        """Count a blob or manifest lookup as a cache hit or miss (metrics, traffic table, access log)."""
+        result = "hit" if hit else "miss"
+        self.metrics.lookups.labels(kind, result).inc()
+        self.traffic.record(repo, hit)
+        request[CACHE_RESULT] = result
+
+    def served(self, repo: str, nbytes: int) -> None:
+        self.metrics.bytes_served.inc(nbytes)
+        self.traffic.served(repo, nbytes)
 
 
 async def body_chunks(request: BaseRequest) -> AsyncIterator[bytes]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 from aiohttp.web_request import BaseRequest
 
-from cachesvc.api.context import BYTES_IN, CACHE_RESULT, Registry
+from cachesvc.api.context import BYTES_IN, Registry
 from cachesvc.api.errors import RegistryError
 from cachesvc.api.names import parse_name, parse_reference
 from cachesvc.store.manifests import MANIFEST_TYPES
@@ -27,8 +27,7 @@ def _lookup(reg: Registry, request: BaseRequest, p: dict[str, str]) -> tuple[str
     tag, digest = parse_reference(p["reference"])
     resolved = reg.store.resolve(repo, tag, digest)
     if resolved is None:
-        reg.metrics.lookups.labels("manifest", "miss").inc()
-        request[CACHE_RESULT] = "miss"
+        reg.lookup(request, repo, "manifest", False)
         raise RegistryError("MANIFEST_UNKNOWN", {"reference": p["reference"]})
     return repo, resolved
 
@@ -45,30 +44,24 @@ def _not_acceptable(media_type: str) -> RegistryError:
 async def head_manifest(reg: Registry, request: BaseRequest, p: dict[str, str]) -> web.StreamResponse:
     repo, digest = _lookup(reg, request, p)
     head = reg.store.manifest_head(repo, digest)
+    reg.lookup(request, repo, "manifest", head is not None)
     if head is None:
-        reg.metrics.lookups.labels("manifest", "miss").inc()
-        request[CACHE_RESULT] = "miss"
         raise RegistryError("MANIFEST_UNKNOWN", {"reference": p["reference"]})
     media_type, size = head
     if not _acceptable(request, media_type):
         raise _not_acceptable(media_type)
-    reg.metrics.lookups.labels("manifest", "hit").inc()
-    request[CACHE_RESULT] = "hit"
     return web.Response(status=200, headers={**_headers(digest, media_type), "Content-Length": str(size)})
 
 
 async def get_manifest(reg: Registry, request: BaseRequest, p: dict[str, str]) -> web.StreamResponse:
     repo, digest = _lookup(reg, request, p)
     stored = reg.store.get_manifest(repo, digest)
+    reg.lookup(request, repo, "manifest", stored is not None)
     if stored is None:
-        reg.metrics.lookups.labels("manifest", "miss").inc()
-        request[CACHE_RESULT] = "miss"
         raise RegistryError("MANIFEST_UNKNOWN", {"reference": p["reference"]})
     if not _acceptable(request, stored.media_type):
         raise _not_acceptable(stored.media_type)
-    reg.metrics.lookups.labels("manifest", "hit").inc()
-    reg.metrics.bytes_served.inc(len(stored.body))
-    request[CACHE_RESULT] = "hit"
+    reg.served(repo, len(stored.body))
     headers = _headers(digest, stored.media_type)
     return web.Response(status=200, body=stored.body, headers=headers)
 

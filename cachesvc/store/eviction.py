@@ -115,11 +115,19 @@ class Evictor:
         floor = self.min_free_bytes()
         return bool(floor) and self.free_bytes() - extra < floor
 
+    def pin_patterns(self) -> list[str]:
+        """Pins from the settings plus those an operator added at run time (``cachesvc pin``)."""
+        return [*self.settings.pin, *self.index.pins()]
+
     def pinned(self, repo: str, digest: str) -> bool:
-        if not self.settings.pin:
+        patterns = self.pin_patterns()
+        if not patterns:
             return False
         names = [f"{repo}:{t}" for t in self.index.tags_of(repo, digest)] + [f"{repo}@{digest}"]
-        return any(fnmatch.fnmatchcase(n, p) for n in names for p in self.settings.pin)
+        return any(fnmatch.fnmatchcase(n, p) for n in names for p in patterns)
+
+    def tag_pinned(self, repo: str, tag: str) -> bool:
+        return any(fnmatch.fnmatchcase(f"{repo}:{tag}", p) for p in self.pin_patterns())
 
     # -- the mechanics of one root -------------------------------------------------------------------------
     def evict_root(self, repo: str, digest: str, last_used: int, reason: str) -> Eviction | None:

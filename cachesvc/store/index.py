@@ -24,6 +24,7 @@ repos             ``<repo>``                              bytes (8, signed LE) o
 meta              ``counter:<name>``                      signed 64-bit LE counters (stored bytes, blob count…)
                   ``unlink:<digest>``                     a blob file to remove (crash-safe deletion intent)
                   ``commit:<digest>``                     a blob file being renamed in (crash-safe add intent)
+                  ``pin:<pattern>``                       a pin added at run time (``cachesvc pin``)
 ================  =====================================  =======================================================
 
 A *root* is a manifest that is tagged, or that no index in its repository lists; exactly the roots have an
@@ -201,6 +202,7 @@ class Index:
         self.write_options.sync = False
         self.syncer = WalSyncer(self.db)
         self.counters = {name: self._read_counter(name) for name in COUNTERS}
+        self._pins: list[str] | None = None
 
     def close(self) -> None:
         """Flush and release the database (column-family handles hold it open, so they go first)."""
@@ -348,6 +350,24 @@ class Index:
             if _T.unpack(key[:8])[0] > now_ms:
                 break
             yield key, key[8:].decode()
+
+    def pins(self) -> list[str]:
+        """Run-time pins; read on each eviction decision, so kept in memory after the first read."""
+        if self._pins is None:
+            self._pins = [k[len(b"pin:"):].decode() for k in self.scan_keys("meta", b"pin:")]
+        return self._pins
+
+    def set_pin(self, pattern: str, pinned: bool) -> bool:
+        """Add or remove a run-time pin; returns whether anything changed."""
+        key = b"pin:" + pattern.encode()
+        present = self.cf["meta"].get(key) is not None
+        if present == pinned:
+            return False
+        m = self.mutation()
+        m.put("meta", key) if pinned else m.delete("meta", key)
+        self.write(m)
+        self._pins = None
+        return True
 
     def pending_unlinks(self) -> list[str]:
         return [k[len(b"unlink:"):].decode() for k in self.scan_keys("meta", b"unlink:")]
