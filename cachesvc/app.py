@@ -11,7 +11,9 @@ import contextlib
 import itertools
 import logging
 import os
+import sys
 import time
+from typing import Any
 
 from aiohttp import web
 from aiohttp.web_request import BaseRequest
@@ -37,13 +39,17 @@ COMMON_HEADERS = {"Docker-Distribution-Api-Version": "registry/2.0"}
 class Server:
     """A cachesvc instance: store + HTTP handler. ``start()``/``close()`` bracket its life."""
 
-    def __init__(self, settings: Settings, *, store: Store | None = None) -> None:
+    def __init__(self, settings: Settings, *, store: Store | None = None,
+                 access_log: logs.AccessLog | None = None) -> None:
         self.settings = settings
         self.metrics = Metrics()
         self.store = store or Store(settings, metrics=self.metrics)
         self.traffic = Traffic(self.store.clock)
         self.registry = Registry(self.store, settings, self.metrics, self.traffic)
         self.router = Router(REGISTRY_ROUTES)
+        self.access_log = access_log or logs.AccessLog(sys.stderr, settings.log_format,
+                                                       enabled=log.isEnabledFor(logging.INFO))
+        self._request_metrics: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(3).hex()
         self.inflight = 0
@@ -54,6 +60,7 @@ class Server:
 
     async def close(self) -> None:
         await self.store.close()
+        self.access_log.flush()
 
     # -- the one handler -----------------------------------------------------------------------------------
     async def handle(self, request: BaseRequest) -> web.StreamResponse:
@@ -82,7 +89,7 @@ class Server:
             raise
         except Exception as e:
             error = f"{type(e).__name__}: {e}"
-            log.exception("request %s %s %s failed", rid, method, path)
+            log.exception("request %s %s %s failed", rid, method, path, extra={"request_id": rid})
             if resp is not None and resp.prepared:
                 self._finish(rid, method, path, route_label, params, resp.status, request, t0, error, resp)
                 raise
@@ -118,15 +125,17 @@ class Server:
                 request: BaseRequest, t0: float, error: str | None,
                 resp: web.StreamResponse | None = None) -> None:
         elapsed = time.perf_counter() - t0
-        self.metrics.requests.labels(method, route, str(status)).inc()
-        self.metrics.request_seconds.labels(route).observe(elapsed)
+        key = (method, route, status)
+        children = self._request_metrics.get(key)
+        if children is None:  # label lookups are cached: they cost more than the increments
+            children = (self.metrics.requests.labels(method, route, str(status)),
+                        self.metrics.request_seconds.labels(route))
+            self._request_metrics[key] = children
+        children[0].inc()
+        children[1].observe(elapsed)
         bytes_out = (resp.content_length or 0) if resp is not None and method != "HEAD" else 0
-        logs.access({
-            "id": rid, "method": method, "path": path.split("?")[0], "route": route,
-            "repo": params.get("name"), "status": status, "bytes_out": bytes_out,
-            "bytes_in": request.get(BYTES_IN, 0), "ms": round(elapsed * 1000, 2),
-            "cache": request.get(CACHE_RESULT), "error": error,
-        })
+        self.access_log.write(rid, method, path.split("?")[0], route, params.get("name"), status, bytes_out,
+                              request.get(BYTES_IN, 0), elapsed, request.get(CACHE_RESULT), error)
 
     # -- operator endpoints ------------------------------------------------------------------------------------
     async def operator_endpoint(self, reg: Registry, request: BaseRequest,
@@ -171,12 +180,12 @@ class Server:
         m.upload_sessions.set(self.store.uploads.count)
 
 
-async def serve(settings: Settings, *, ready: asyncio.Event | None = None,
-                stop: asyncio.Event | None = None) -> None:
+async def serve(settings: Settings, *, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None,
+                access_log: logs.AccessLog | None = None) -> None:
     """Run until ``stop`` is set (or SIGTERM/SIGINT): open the store, listen, drain on the way out."""
     import signal
 
-    server = Server(settings)
+    server = Server(settings, access_log=access_log)
     await server.start()
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()

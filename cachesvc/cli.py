@@ -49,7 +49,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     except SettingsError as e:
         print(f"cachesvc: {e}", file=sys.stderr)
         return 2
-    logs.setup(settings.log_format, settings.log_level)
+    access_log = logs.setup(settings.log_format, settings.log_level)
     from cachesvc.app import serve
 
     try:
@@ -59,7 +59,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     else:
         runner = uvloop.run
     try:
-        runner(serve(settings))
+        runner(serve(settings, access_log=access_log))
     except RuntimeError as e:
         print(f"cachesvc: {e}", file=sys.stderr)
         return 1

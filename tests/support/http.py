@@ -30,7 +30,13 @@ class Http:
 
     def push_blob(self, repo: str, data: bytes) -> str:
         digest = sha256(data)
-        status, _, body = self.request("POST", f"/v2/{repo}/blobs/uploads/?digest={digest}", data)
+        status, headers, body = self.request("POST", f"/v2/{repo}/blobs/uploads/")
+        assert status == 202, body
+        location = urlsplit(headers["Location"])
+        sep = "&" if location.query else "?"
+        path = location.path + (f"?{location.query}" if location.query else "")
+        status, _, body = self.request("PUT", f"{path}{sep}digest={digest}", data,
+                                       {"Content-Type": "application/octet-stream"})
         assert status == 201, body
         return digest
 
