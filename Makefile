@@ -3,11 +3,12 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-# Real registry clients the end-to-end tests drive, and the peer registry benchmarks compare against.
-DEBIAN_TEST_PACKAGES := skopeo buildah docker.io docker-registry busybox-static umoci wrk shellcheck \
-	e2fsprogs xfsprogs util-linux iproute2 procps systemd
+# Real registry clients the end-to-end tests drive, the peer registry benchmarks compare against, and the
+# load generators they use (wrk; ab from apache2-utils, because wrk cannot complete HEAD requests).
+DEBIAN_TEST_PACKAGES := skopeo buildah docker.io docker-registry busybox-static umoci wrk apache2-utils shellcheck \
+	e2fsprogs xfsprogs util-linux iproute2 procps systemd openssl chromium
 
-.PHONY: run install install-test system-deps test lint bench bench-smoke clean
+.PHONY: run install install-test install-bench system-deps test lint bench bench-smoke clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,9 +19,15 @@ $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
 	$(PIP) install -q -e '.[test]'
 	touch $@
 
+$(VENV)/.installed-bench: $(VENV)/.installed-test pyproject.toml
+	$(PIP) install -q -e '.[test,bench]'
+	touch $@
+
 install: $(VENV)/.installed
 
 install-test: $(VENV)/.installed-test
+
+install-bench: $(VENV)/.installed-bench
 
 run: install
 	$(VENV)/bin/cachesvc serve
@@ -42,11 +49,13 @@ lint: install-test
 test: install-test system-deps lint
 	$(VENV)/bin/pytest -q -ra
 
-bench: install-test system-deps
+bench: install-bench system-deps
 	$(PY) -m benchmarks.run --full
+	$(PY) -m benchmarks.compression_bench --out benchmarks/results
 
-bench-smoke: install-test system-deps
+bench-smoke: install-bench system-deps
 	$(PY) -m benchmarks.run --smoke
+	$(PY) -m benchmarks.compression_bench --smoke --out benchmarks/results
 
 clean:
 	rm -rf $(VENV) .cachesvc-data .pytest_cache .ruff_cache

@@ -35,14 +35,18 @@ class Blob:
         return memoryview(bytearray(self.prefix) + self.rest)
 
 
+GZIP_HEADER = b"\x1f\x8b\x08\x00"  # layers are tar+gzip: a registry that sniffs content sees what BuildKit sends
+
+
 class DataPool:
-    """Random bytes that blobs are cut from; a distinct prefix per blob makes every digest distinct."""
+    """Random bytes that blobs are cut from; a distinct prefix per blob makes every digest distinct. Every blob
+    starts with a gzip header and is incompressible, like the ``tar+gzip`` layers its manifests declare."""
 
     def __init__(self, size: int) -> None:
         self.data = memoryview(os.urandom(size))
 
     def blob(self, name: str, size: int, offset: int = 0) -> Blob:
-        prefix = hashlib.sha256(name.encode()).digest()[:min(32, size)]
+        prefix = (GZIP_HEADER + hashlib.sha256(name.encode()).digest())[:min(36, size)]
         rest_len = size - len(prefix)
         if offset + rest_len > len(self.data):
             raise ValueError(f"pool of {len(self.data)} bytes too small for a {size}-byte blob at {offset}")

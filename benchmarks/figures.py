@@ -19,6 +19,8 @@ class Figure:
     samples: dict[str, list[float]] = field(default_factory=dict)
     target: float | None = None  # cachesvc's advantage over distribution it should reach (x times)
     max_value: float | None = None  # an absolute ceiling for cachesvc's value instead (memory)
+    limit_keys: tuple[str, ...] = ()  # the limits this figure needs; the tightest one applies
+    limit_bytes: int | None = None  # for timed figures: bytes moved, so limit time = bytes / limit rate
     limit_label: str | None = None
     limit_value: float | None = None  # same unit as the figure; for times, the least possible time
     limit_applies_to: tuple[str, ...] = (SUBJECT, PEER)

@@ -6,6 +6,7 @@ a throughput figure). One ``Connection`` per thread; the socket calls release th
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -60,6 +61,7 @@ class Connection:
         self.buf = bytearray(RECV_BUFFER)
         self.view = memoryview(self.buf)
         self.pending = b""
+        self.sent_at = 0.0  # when the last request was fully handed to the kernel
 
     def close(self) -> None:
         if self.sock is not None:
@@ -95,12 +97,14 @@ class Connection:
         reused = self.sock is not None
         try:
             self._send(head, pieces, size)
+            self.sent_at = time.perf_counter()
             return self._read_response(method, keep_body, sink)
         except (_Stale, BrokenPipeError, ConnectionResetError) as e:
             self.close()
             if not reused:
                 raise HttpError(f"{method} {path}: {e}") from e
         self._send(head, pieces, size)
+        self.sent_at = time.perf_counter()
         return self._read_response(method, keep_body, sink)
 
     def _send(self, head: bytes, pieces: list[memoryview], size: int) -> None:

@@ -41,10 +41,10 @@ SMOKE = Profile(
 )
 
 FULL = Profile(
-    name="full", rate_seconds=6, warmup_seconds=1, concurrencies=(1, 16, 64), put_concurrencies=(1, 16),
-    push_size=256 * MiB, push_reps=3, chunk_size=8 * MiB,
-    pull_sizes=(1 * MiB, 32 * MiB, 256 * MiB), pull_streams=(1, 8), pull_seconds=4.0, range_size=1 * MiB,
-    cache_blobs=200, cache_total=1024 * MiB, cache_reps=2, cache_concurrency=4,
+    name="full", rate_seconds=8, warmup_seconds=1, concurrencies=(1, 16, 64), put_concurrencies=(1, 16),
+    push_size=256 * MiB, push_reps=5, chunk_size=8 * MiB,
+    pull_sizes=(1 * MiB, 32 * MiB, 256 * MiB), pull_streams=(1, 8), pull_seconds=5.0, range_size=1 * MiB,
+    cache_blobs=200, cache_total=1024 * MiB, cache_reps=3, cache_concurrency=4,
     disk_test_size=1024 * MiB, loopback_seconds=3.0, sha_size=512 * MiB,
 )
 

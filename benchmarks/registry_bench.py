@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -84,10 +85,13 @@ class RegistryBench:
         return fig
 
     def measure(self, fig: Figure, fn: Callable[[str], float], *, reps: int = 1,
-                warmup: Callable[[str], object] | None = None) -> Figure:
-        """``fn(server)`` on both servers, ``reps`` times, alternating which goes first."""
+                warmup: Callable[[str], object] | None = None, summary: bool = True) -> Figure:
+        """``fn(server)`` on both servers, ``reps`` times, alternating which goes first; ``summary`` prints the
+        figure so far (off for all but the last of repetitions measured one call each)."""
         for _ in range(reps):
-            order = self.next_order()
+            # alternate between figures, and between the repetitions of one figure
+            base = fig.order[0] if fig.order else self.next_order()
+            order = base if len(fig.order) % 2 == 0 else base[::-1]
             fig.order.append(order)
             for server in order:
                 if warmup is not None:
@@ -102,6 +106,8 @@ class RegistryBench:
                 self.progress(f"  {fig.label} [{server}] {value:,.1f} {fig.unit}  (cores: cachesvc "
                               f"{c.get(SUBJECT, 0):.2f}, distribution {c.get(PEER, 0):.2f}, client "
                               f"{c['client']:.2f}, other {c['other']:.2f})")
+        if not summary:
+            return fig
         ratio = fig.ratio
         self.progress(f"{fig.label}: cachesvc {fig.value(SUBJECT):,.1f} / distribution "
                       f"{fig.value(PEER):,.1f} {fig.unit}" + (f" = {ratio:.2f}x" if ratio else "")
@@ -115,7 +121,7 @@ class RegistryBench:
             yield
             return
         self.profile_dir.mkdir(parents=True, exist_ok=True)
-        out = self.profile_dir / f"{fig.key}.txt"
+        out = self.profile_dir / f"{fig.key}-{len(fig.samples.get(SUBJECT, [])) + 1}.txt"
         spy = Path(sys.executable).with_name("py-spy")
         proc = subprocess.Popen([str(spy), "record", "--pid", str(self.pids[SUBJECT]), "--format", "raw",
                                  "--rate", "200", "--nonblocking", "-o", str(out)],
@@ -148,6 +154,10 @@ class RegistryBench:
                 self.progress(f"== {section}")
                 getattr(self, f"bench_{section}")()
             self.bench_memory()
+            self.progress("measuring the machine's limits again (each limit keeps the better of the two)")
+            again = limits_mod.measure(p, self.workdir, self.pool.data, len(self.m_manifest), self.progress)
+            self.limits = limits_mod.merge(self.limits, again)
+            self.apply_limits()
         finally:
             if self.sampler.is_alive():
                 self.sampler.stop()
@@ -188,6 +198,17 @@ class RegistryBench:
         tight = min(found, key=lambda lim: lim.value)
         return tight.label, tight.value
 
+    def apply_limits(self) -> None:
+        """Give every figure the tightest of the limits it needs (as a least time for timed figures)."""
+        for fig in self.figures:
+            if not fig.limit_keys:
+                continue
+            fig.limit_label, rate = self.limit(*fig.limit_keys)
+            if rate and fig.limit_bytes is not None:
+                fig.limit_value = fig.limit_bytes / rate / 1e6
+            else:
+                fig.limit_value = rate
+
     def seconds(self) -> int:
         return max(1, round(self.p.rate_seconds))
 
@@ -202,9 +223,8 @@ class RegistryBench:
         for state, digest in (("present", present), ("missing", MISSING)):
             path = f"/v2/{MANIFEST_REPO}/blobs/{digest}"
             for c in self.p.concurrencies:
-                label, value = self.limit(f"ceiling_head_c{c}")
                 fig = self.figure(key=f"head_{state}_c{c}", section="HEAD blob", label=f"HEAD blob {state}, c={c}",
-                                  unit="req/s", target=TARGETS["head"], limit_label=label, limit_value=value,
+                                  unit="req/s", target=TARGETS["head"], limit_keys=(f"ceiling_head_c{c}",),
                                   limit_applies_to=(SUBJECT,))
 
                 def run(server: str, path: str = path, c: int = c, fig: Figure = fig,
@@ -219,10 +239,9 @@ class RegistryBench:
         path = f"/v2/{MANIFEST_REPO}/manifests/main"
         accept = {"Accept": regclient.MANIFEST_ACCEPT}
         for c in self.p.concurrencies:
-            label, value = self.limit(f"ceiling_get_c{c}")
             fig = self.figure(key=f"manifest_get_c{c}", section="manifest",
                               label=f"GET manifest by tag (20 layers, {len(self.m_manifest)} B), c={c}",
-                              unit="req/s", target=TARGETS["manifest_get"], limit_label=label, limit_value=value,
+                              unit="req/s", target=TARGETS["manifest_get"], limit_keys=(f"ceiling_get_c{c}",),
                               limit_applies_to=(SUBJECT,))
 
             def run(server: str, c: int = c, fig: Figure = fig) -> float:
@@ -251,31 +270,38 @@ class RegistryBench:
 
     def bench_push(self) -> None:
         p = self.p
-        label, value = self.limit("loopback_1", "sha256_1", "disk_write")
         for mode, chunk in (("monolithic", None), ("chunked", p.chunk_size)):
             how = "POST + one PUT" if chunk is None else f"POST + {size_text(chunk)} PATCHes + PUT"
             fig = self.figure(key=f"push_{mode}", section="blob push",
                               label=f"blob push {size_text(p.push_size)}, {mode} ({how})", unit="MB/s",
-                              target=TARGETS["push"], limit_label=label, limit_value=value)
+                              target=TARGETS["push"], limit_keys=("loopback_copy_1", "sha256_1", "disk_write"))
             for rep in range(p.push_reps):
                 blob = self.pool.blob(f"push/{mode}/{rep}", p.push_size)
                 data = blob.contiguous()
 
-                def run(server: str, blob: Blob = blob, data: memoryview = data, chunk: int | None = chunk) -> float:
-                    took = workloads.timed_push(self.url(server), "bench/push", blob.digest, data, chunk)
+                def run(server: str, blob: Blob = blob, data: memoryview = data, chunk: int | None = chunk,
+                        fig: Figure = fig) -> float:
+                    took, tail = workloads.timed_push(self.url(server), "bench/push", blob.digest, data, chunk)
+                    tails = fig.extra.setdefault(f"{server}_tail_s", [])
+                    assert isinstance(tails, list)
+                    tails.append(round(tail, 3))
                     return p.push_size / took / 1e6
 
-                self.measure(fig, run)
+                self.measure(fig, run, summary=rep == p.push_reps - 1)
                 del data
+            tails = {server: statistics.median(fig.extra[f"{server}_tail_s"]) for server in (SUBJECT, PEER)}
+            self.notes.append(f"{fig.label}: from the last byte sent to the 201 (verification, fsync, index) took "
+                              f"{tails[SUBJECT]:.3f} s on cachesvc and {tails[PEER]:.3f} s on distribution "
+                              "(median).")
 
     def bench_pull(self) -> None:
         p = self.p
         for size, blob in self.pull_blobs.items():
             for streams in p.pull_streams:
-                label, value = self.limit(f"loopback_{1 if streams == 1 else 8}", "disk_read_cached")
                 fig = self.figure(key=f"pull_{size // MiB}m_s{streams}", section="blob pull",
                                   label=f"blob pull {size_text(size)}, {streams} stream{'s' * (streams > 1)}",
-                                  unit="MB/s", target=TARGETS["pull"], limit_label=label, limit_value=value)
+                                  unit="MB/s", target=TARGETS["pull"],
+                                  limit_keys=(f"loopback_sendfile_{1 if streams == 1 else 8}",))
 
                 def run(server: str, blob: Blob = blob, streams: int = streams, fig: Figure = fig) -> float:
                     rate, n = workloads.pull_rate(self.url(server), PULL_REPO, blob.digest, blob.size, streams,
@@ -286,11 +312,11 @@ class RegistryBench:
                 self.measure(fig, run)
         largest = self.pull_blobs[max(self.pull_blobs)]
         for streams in p.pull_streams:
-            label, value = self.limit(f"loopback_{1 if streams == 1 else 8}", "disk_read_cached")
             fig = self.figure(key=f"range_s{streams}", section="blob pull",
                               label=f"Range GET {size_text(p.range_size)} slices of {size_text(largest.size)}, "
                                     f"{streams} stream{'s' * (streams > 1)}",
-                              unit="MB/s", target=TARGETS["pull"], limit_label=label, limit_value=value)
+                              unit="MB/s", target=TARGETS["pull"],
+                              limit_keys=(f"loopback_sendfile_{1 if streams == 1 else 8}",))
 
             def ranged(server: str, streams: int = streams, fig: Figure = fig) -> float:
                 rate, n = workloads.pull_rate(self.url(server), PULL_REPO, largest.digest, largest.size, streams,
@@ -299,25 +325,22 @@ class RegistryBench:
                 return rate
 
             self.measure(fig, ranged)
-        label, value = self.limit("loopback_1", "disk_read_cached")
         fig = self.figure(key="pull_curl", section="blob pull",
                           label=f"blob pull {size_text(largest.size)} by curl -o /dev/null (client check)",
-                          unit="MB/s", limit_label=label, limit_value=value)
+                          unit="MB/s", limit_keys=("loopback_sendfile_1",))
         self.measure(fig, lambda server: workloads.curl_rate(self.url(server), PULL_REPO, largest.digest), reps=2)
 
     def bench_cache(self) -> None:
         p = self.p
         sizes = spread_sizes(p.cache_blobs, p.cache_total)
         total = sum(sizes)
-        exp_label, exp_rate = self.limit("loopback_8", "sha256_all", "disk_write")
-        imp_label, imp_rate = self.limit("loopback_8", "sha256_all")
         what = f"{p.cache_blobs} blobs, {size_text(total)}, concurrency {p.cache_concurrency}"
         export = self.figure(key="cache_export", section="cache export/import", label=f"cache export ({what})",
-                             unit="s", higher_is_better=False, target=TARGETS["export"], limit_label=exp_label,
-                             limit_value=total / exp_rate / 1e6 if exp_rate else None)
+                             unit="s", higher_is_better=False, target=TARGETS["export"],
+                             limit_keys=("loopback_copy_8", "sha256_all", "disk_write"), limit_bytes=total)
         imp = self.figure(key="cache_import", section="cache export/import", label=f"cache import ({what})",
-                          unit="s", higher_is_better=False, target=TARGETS["import"], limit_label=imp_label,
-                          limit_value=total / imp_rate / 1e6 if imp_rate else None)
+                          unit="s", higher_is_better=False, target=TARGETS["import"],
+                          limit_keys=("loopback_sendfile_8", "sha256_all"), limit_bytes=total)
         for rep in range(p.cache_reps):
             layers = cache_blobs(self.pool, f"cache/{rep}", sizes, seed=100 + rep)
             config = bytes_blob(cache_config(layers))
@@ -335,8 +358,9 @@ class RegistryBench:
                     raise HttpError(f"{server}: imported {n} blobs / {nbytes} bytes")
                 return took
 
-            self.measure(export, run_export)
-            self.measure(imp, run_import)
+            last = rep == p.cache_reps - 1
+            self.measure(export, run_export, summary=last)
+            self.measure(imp, run_import, summary=last)
         export.extra["bytes"] = imp.extra["bytes"] = total
         export.extra["blob_sizes"] = {"min": min(sizes), "max": max(sizes), "median": sorted(sizes)[len(sizes) // 2]}
 

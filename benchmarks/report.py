@@ -18,7 +18,9 @@ NOTES = [
     "between figures and repetitions because the disk (ext4, mounted with discard) makes file creation slow "
     "for minutes after large deletes.",
     "CPU = cores used during cachesvc's measurement (cachesvc / client) and during distribution's "
-    "(distribution / client), from /proc; the machine has 2 cores, shared by server and client.",
+    "(distribution / client), from /proc; the machine has 2 cores, shared by server and client. other load = "
+    "cores busy with anything else meanwhile (the larger of the two measurements): above ~0.2 the figure "
+    "was perturbed by other work on the machine.",
     "HEAD is driven by `ab -i -k` (one URL): wrk 4.1 waits for a body after a HEAD response that carries "
     "Content-Length and completes no request. GET/PUT manifest use wrk (1 thread); blob transfers use a "
     "raw-socket Python client (threads, recv_into a reused buffer), cross-checked with curl.",
@@ -32,8 +34,8 @@ def _num(value: float | None, unit: str) -> str:
         return "-"
     if unit == "s":
         return f"{value:.2f}"
-    if unit == "MiB":
-        return f"{value:.1f}"
+    if unit in ("MiB", "cores"):
+        return f"{value:.1f}" if unit == "MiB" else f"{value:.2f}"
     return f"{value:,.0f}" if value >= 100 else f"{value:,.1f}"
 
 
@@ -50,6 +52,11 @@ def _cores(fig: dict[str, Any]) -> str:
     return " · ".join(parts) or "-"
 
 
+def _other(fig: dict[str, Any]) -> float | None:
+    found = [c.get("other", 0.0) for c in fig["cores"].values()]
+    return max(found) if found else None
+
+
 def _order(fig: dict[str, Any]) -> str:
     return " ".join("".join(s[0] for s in rep) for rep in fig["order"]) or "-"
 
@@ -60,29 +67,35 @@ def _met(fig: dict[str, Any]) -> str:
 
 def markdown(result: dict[str, Any]) -> str:
     """The whole report as Markdown: run facts, physical limits, one table per section, notes."""
-    m = result["machine"]
+    m, v = result["machine"], result["versions"]
     lines = [
-        f"# Registry benchmark: cachesvc vs CNCF distribution ({result['profile']} profile)",
+        f"# Registry benchmark: cachesvc vs CNCF distribution ({result['profile']} profile)"
+        if result["benchmark"] == "registry" else f"# The machine's limits ({result['profile']} profile)",
         "",
         f"Run {result['started']} ({result['seconds']:.0f} s) on {m['cpus']} x {m['cpu_model']}, "
-        f"{m['memory_gib']} GiB, Linux {m['kernel']}; data on `{m['data_fs']}`.  ",
-        f"cachesvc {result['versions']['cachesvc']} (Python {result['versions']['python']}, aiohttp "
-        f"{result['versions']['aiohttp']}, uvloop); distribution: {result['versions']['distribution']}.",
+        f"{m['memory_gib']} GiB, Linux {m['kernel']}; data on `{m['data_fs']}`; other processes kept "
+        f"{m.get('busy_cores_before', 0):.2f} cores busy just before the run.  ",
+        f"cachesvc {v['cachesvc']} at {v.get('commit', '?')} (Python {v['python']}, aiohttp {v['aiohttp']}, "
+        f"uvloop); distribution: {v['distribution']}.",
         "",
         "## Physical limits (same run)",
         "",
-        "| limit | value |",
-        "|---|---:|",
+        "With the registries, each limit is measured at the start and at the end of the run and keeps the better "
+        "value (other work on the machine can only lower a measurement).",
+        "",
+        "| limit | value | measurements |",
+        "|---|---:|---:|",
     ]
     for lim in result["limits"].values():
-        lines.append(f"| {lim['label']} | {_num(lim['value'], lim['unit'])} {lim['unit']} |")
+        samples = " / ".join(_num(x, lim["unit"]) for x in lim.get("samples", []))
+        lines.append(f"| {lim['label']} | {_num(lim['value'], lim['unit'])} {lim['unit']} | {samples} |")
     sections: dict[str, list[dict[str, Any]]] = {}
     for fig in result["figures"]:
         sections.setdefault(fig["section"], []).append(fig)
     header = ("| figure | unit | cachesvc | distribution | ratio | target | met | cachesvc of limit | "
-              "distribution of limit | limit | order | CPU cs/client · dist/client |")
+              "distribution of limit | limit | order | CPU cs/client · dist/client | other load |")
     for section, figs in sections.items():
-        lines += ["", f"## {section}", "", header, "|---|---|---:|---:|---:|---|---|---:|---:|---|---|---|"]
+        lines += ["", f"## {section}", "", header, "|---|---|---:|---:|---:|---|---|---:|---:|---|---|---|---:|"]
         for fig in figs:
             v, unit = fig["value"], fig["unit"]
             ratio = f"{fig['ratio']:.2f}x" if fig["ratio"] else "-"
@@ -93,7 +106,7 @@ def markdown(result: dict[str, Any]) -> str:
             lines.append(
                 f"| {fig['label']} | {unit} | {_num(v.get(SUBJECT), unit)} | {_num(v.get(PEER), unit)} | {ratio} | "
                 f"{fig_target(fig)} | {_met(fig)} | {_pct(frac.get(SUBJECT))} | {_pct(frac.get(PEER))} | {limit} | "
-                f"{_order(fig)} | {_cores(fig)} |")
+                f"{_order(fig)} | {_cores(fig)} | {_num(_other(fig), 'cores')} |")
     missed = [f["label"] for f in result["figures"] if f["met"] is False]
     lines += ["", "## Targets", "",
               f"{sum(1 for f in result['figures'] if f['met'])} met, {len(missed)} missed"

@@ -2,8 +2,8 @@
 
 Benchmarks: ``registry`` (cachesvc vs distribution, with the machine's limits; sections head, manifest, push,
 pull, cache) and ``limits`` (the machine's limits alone). Results go to ``benchmarks/results/<name>.json``,
-``<name>.md`` and ``<name>-*.png``, where ``<name>`` is the benchmark name, plus ``-smoke`` for the smoke profile
-and the section names for a partial run.
+``<name>.md`` and ``<name>-*.png``, where ``<name>`` is the benchmark name, plus ``-only-<sections>`` for a
+partial run and ``-smoke`` for the smoke profile.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import limits, report
+from benchmarks.procstat import machine_busy_seconds
 from benchmarks.profiles import PROFILES, Profile
 from benchmarks.registry_bench import SECTIONS, RegistryBench
 
@@ -58,6 +59,23 @@ def machine(workdir: Path) -> dict[str, Any]:
             "data_fs": f"{best[0]} on {best[1]} ({best[2]}, {best[3]})"}
 
 
+def busy_cores(seconds: float = 2.0) -> float:
+    """Cores the machine keeps busy over ``seconds`` (before the run: is anything else running?)."""
+    before = machine_busy_seconds()
+    time.sleep(seconds)
+    return (machine_busy_seconds() - before) / seconds
+
+
+def wait_quiet(limit: float, progress: Progress, threshold: float = 0.2) -> float:
+    """Wait up to ``limit`` seconds for the machine to go quiet; returns the last busy-cores reading."""
+    deadline = time.monotonic() + limit
+    busy = busy_cores()
+    while busy > threshold and time.monotonic() < deadline:
+        progress(f"machine busy ({busy:.2f} cores used by other processes): waiting for it to go quiet")
+        busy = busy_cores(5.0)
+    return busy
+
+
 def versions() -> dict[str, str]:
     import aiohttp
 
@@ -68,8 +86,16 @@ def versions() -> dict[str, str]:
                               timeout=10).stdout.strip()
     except OSError:
         dist = "not installed"
-    return {"cachesvc": cachesvc.__version__, "python": platform.python_version(),
-            "aiohttp": aiohttp.__version__, "distribution": dist}
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--", "cachesvc"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except OSError:
+        commit, dirty = "", ""
+    return {"cachesvc": cachesvc.__version__, "commit": (commit or "?") + (" + uncommitted changes" if dirty else ""),
+            "python": platform.python_version(), "aiohttp": aiohttp.__version__, "distribution": dist}
 
 
 def run_benchmark(name: str, sections: tuple[str, ...], profile: Profile, workdir: Path, progress: Progress,
@@ -91,6 +117,11 @@ def run_benchmark(name: str, sections: tuple[str, ...], profile: Profile, workdi
             result["figures"] = [f.as_dict() for f in bench.figures]
             result["notes"] = bench.notes
     result["seconds"] = time.time() - started
+    noisy = [f["label"] for f in result["figures"]
+             if max((c.get("other", 0.0) for c in f["cores"].values()), default=0.0) > 0.2]
+    if noisy:
+        result["notes"].append(f"{len(noisy)} figure(s) were measured while other processes used more than "
+                               "0.2 cores (see 'other load'): " + "; ".join(noisy) + ".")
     return result
 
 
@@ -119,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="parent of the run's data directory; both servers' data go on this disk")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where results are written")
     parser.add_argument("--keep", action="store_true", help="keep the data directory afterwards")
+    parser.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
+                        help="first wait up to this long for other processes to stop using the CPU")
     parser.add_argument("--profile", action="store_true",
                         help="record py-spy stacks of cachesvc during each of its measurements (perturbs them)")
     args = parser.parse_args(argv)
@@ -127,12 +160,16 @@ def main(argv: list[str] | None = None) -> int:
     for name, sections in parse_only(args.only):
         args.workdir.mkdir(parents=True, exist_ok=True)
         workdir = Path(tempfile.mkdtemp(prefix="cachesvc-bench-", dir=args.workdir))
-        out_name = name + ("" if sections in (SECTIONS, ()) else "-" + "-".join(sections))
+        out_name = name + ("" if sections in (SECTIONS, ()) else "-only-" + "-".join(sections))
         out_name += "-smoke" if profile.name == "smoke" else ""
         progress(f"{name} ({profile.name}) in {workdir}")
+        busy = wait_quiet(args.wait_quiet, progress)
+        if busy > 0.2:
+            progress(f"warning: other processes keep {busy:.2f} cores busy: figures will be perturbed")
         try:
             result = run_benchmark(name, sections, profile, workdir, progress,
                                    args.out / "profiles" if args.profile else None)
+            result["machine"]["busy_cores_before"] = round(busy, 2)
         finally:
             if args.keep:
                 progress(f"kept the data in {workdir}")

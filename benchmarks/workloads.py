@@ -61,8 +61,9 @@ def push_blob(url: str, repo: str, blob: Blob) -> None:
         regclient.push_monolithic(conn, repo, blob.digest, blob.pieces())
 
 
-def timed_push(url: str, repo: str, digest: str, data: memoryview, chunk: int | None) -> float:
-    """Seconds for one blob upload: monolithic (``chunk`` None) or PATCHed in ``chunk``-byte pieces."""
+def timed_push(url: str, repo: str, digest: str, data: memoryview, chunk: int | None) -> tuple[float, float]:
+    """(seconds, tail) for one blob upload, monolithic (``chunk`` None) or PATCHed in ``chunk``-byte pieces;
+    ``tail`` is the time from the last byte sent to the final 201 (verification, fsync, index commit)."""
     with Connection(url) as conn:
         conn.request("GET", "/v2/").expect(200, what="GET /v2/")  # connect outside the timed part
         t0 = time.perf_counter()
@@ -70,7 +71,8 @@ def timed_push(url: str, repo: str, digest: str, data: memoryview, chunk: int | 
             regclient.push_monolithic(conn, repo, digest, data)
         else:
             regclient.push_chunked(conn, repo, digest, data, chunk)
-        return time.perf_counter() - t0
+        t1 = time.perf_counter()
+        return t1 - t0, t1 - conn.sent_at
 
 
 def pull_rate(url: str, repo: str, digest: str, size: int, streams: int, seconds: float,

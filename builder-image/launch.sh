@@ -69,6 +69,7 @@ Engine
 Running
   --foreground          run cachesvc and the engine under this script until SIGTERM/SIGINT (containers)
   --no-systemd          start plain background processes even when systemd is PID 1
+  --systemd             install and start the units even when systemd is not detected as PID 1
   --run-dir DIR         pid files, state and the engine's runtime files (default /run/cachesvc-builder)
   --timeout SECONDS     how long to wait for each service to become ready (default 120)
   --units-dir DIR       where the unit templates are (default: systemd/ next to this script)
@@ -147,6 +148,7 @@ parse_args() {
 		--ci-default-branch) need_value "$@"; CI_DEFAULT_BRANCH=$2; shift ;;
 		--foreground) FOREGROUND=1 ;;
 		--no-systemd) USE_SYSTEMD=no ;;
+		--systemd) USE_SYSTEMD=yes ;;
 		--stop) ACTION=stop ;;
 		--check) ACTION=check ;;
 		--print-device) ACTION=print-device ;;
@@ -171,6 +173,8 @@ validate_args() {
 		if ! [[ ${MIN_FREE%\%} =~ ^[0-9]+(\.[0-9]+)?$ ]] || ! awk -v p="${MIN_FREE%\%}" 'BEGIN { exit !(p < 100) }'; then
 			usage_error "--min-free must be a size (50GiB) or a percentage below 100% (got '$MIN_FREE')"
 		fi
+		awk -v f="$CACHE_SHARE" -v p="${MIN_FREE%\%}" 'BEGIN { exit !(f + p / 100 < 1) }' ||
+			usage_error "--cache-share $CACHE_SHARE and --min-free $MIN_FREE leave no room for the engine"
 	else
 		size_bytes "$MIN_FREE" >/dev/null || usage_error "--min-free must be a size (50GiB) or a percentage (got '$MIN_FREE')"
 	fi
@@ -349,15 +353,23 @@ pid_alive() { # PIDFILE EXPECTED-COMMAND-SUBSTRING -> prints the pid if that pro
 	[[ -f $pidfile ]] || return 1
 	pid=$(<"$pidfile")
 	[[ $pid =~ ^[0-9]+$ ]] || return 1
-	kill -0 "$pid" 2>/dev/null || return 1
+	running "$pid" || return 1
 	tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$expect" || return 1
 	printf '%s' "$pid"
+}
+
+running() { # PID: alive and not a zombie (an exited process its parent has not reaped yet)
+	local stat
+	kill -0 "$1" 2>/dev/null || return 1
+	stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+	stat=${stat##*) }
+	[[ ${stat%% *} != Z ]]
 }
 
 stop_pid() { # NAME PID TIMEOUT: SIGTERM, wait, SIGKILL
 	local name=$1 pid=$2 limit=$3 waited=0
 	kill -TERM "$pid" 2>/dev/null || return 0
-	while kill -0 "$pid" 2>/dev/null; do
+	while running "$pid"; do
 		if ((waited >= limit * 10)); then
 			say "$name (pid $pid) did not stop within ${limit}s: killing it"
 			kill -KILL "$pid" 2>/dev/null || true
@@ -370,8 +382,18 @@ stop_pid() { # NAME PID TIMEOUT: SIGTERM, wait, SIGKILL
 	wait "$pid" 2>/dev/null || true
 }
 
+release_engine_runtime() { # what dockerd leaves mounted in its exec-root after it stops (its netns handle)
+	[[ $1 == dockerd && -d $RUN_DIR/docker ]] || return 0
+	local mp
+	while IFS= read -r mp; do
+		umount -- "$mp" 2>/dev/null || umount -l -- "$mp" 2>/dev/null || true
+	done < <(awk -v d="$RUN_DIR/docker/" 'index($5, d) == 1 { print $5 }' /proc/self/mountinfo | sort -r)
+}
+
 systemd_mode() {
-	[[ $FOREGROUND -eq 0 && $USE_SYSTEMD == auto && -d /run/systemd/system ]] && command -v systemctl >/dev/null
+	[[ $FOREGROUND -eq 0 ]] || return 1
+	[[ $USE_SYSTEMD == yes ]] && return 0
+	[[ $USE_SYSTEMD == auto && -d /run/systemd/system ]] && command -v systemctl >/dev/null
 }
 
 engine_unit() { if [[ $ENGINE == buildkitd ]]; then printf 'buildkitd.service'; else printf 'docker.service'; fi; }
@@ -526,7 +548,11 @@ prepare_disk() {
 		say "$DEVICE is already mounted at $ROOT"
 		return 0
 	fi
-	local state
+	local state size
+	size=$(blockdev --getsize64 "$DEVICE")
+	if [[ $MIN_FREE != *% ]] && ! awk -v t="$size" -v f="$CACHE_SHARE" -v m="$(size_bytes "$MIN_FREE")" 'BEGIN { exit !(t * (1 - f) > m) }'; then
+		die "--cache-share $CACHE_SHARE and --min-free $MIN_FREE leave no room for the engine on this $(human "$size") disk"
+	fi
 	state=$(probe_device)
 	case $state in
 	blank) make_filesystem ;;
@@ -723,7 +749,7 @@ find_binaries() {
 wait_for() { # WHAT PID|"" LOG CHECK-FUNCTION
 	local what=$1 pid=$2 logf=$3 check=$4 deadline=$((SECONDS + TIMEOUT))
 	while ! "$check"; do
-		if [[ -n $pid ]] && ! kill -0 "$pid" 2>/dev/null; then
+		if [[ -n $pid ]] && ! running "$pid"; then
 			local last=""
 			[[ -z $logf || ! -f $logf ]] || last=$(grep -v '^[[:space:]]*$' "$logf" | tail -n 1 || true)
 			die "$what exited during start-up${logf:+ (log: $logf)}${last:+: $last}"
@@ -767,39 +793,43 @@ start_detached() { # NAME LOG CMD...
 	printf '%s\n' "$STARTED_PID" >"$RUN_DIR/$name.pid"
 }
 
-run_background() {
-	local pid
-	if pid=$(pid_alive "$RUN_DIR/cachesvc.pid" "$CACHESVC_BIN") && [[ $CONFIG_CHANGED_CACHESVC -eq 1 ]]; then
-		say "cachesvc settings changed: restarting it"
-		stop_pid cachesvc "$pid" 30
-	fi
-	if pid=$(pid_alive "$RUN_DIR/cachesvc.pid" "$CACHESVC_BIN"); then
-		say "cachesvc already running (pid $pid)"
-	else
-		cachesvc_cmd
-		start_detached cachesvc "$ROOT/log/cachesvc.log" "${CMD[@]}"
-		pid=$STARTED_PID
-		say "started cachesvc (pid $pid, log $ROOT/log/cachesvc.log)"
-	fi
-	wait_for cachesvc "$pid" "$ROOT/log/cachesvc.log" cachesvc_ready
+cmdline_matches() { # PID: its command line ends with CMD (an interpreter may come first, as for cachesvc)
+	local have want
+	have=$(tr '\0' '\n' <"/proc/$1/cmdline" 2>/dev/null) || return 1
+	want=$(printf '%s\n' "${CMD[@]}")
+	[[ $have == "$want" || $have == *$'\n'"$want" ]]
+}
 
-	if pid=$(pid_alive "$RUN_DIR/engine.pid" "$ENGINE_BIN") && [[ $CONFIG_CHANGED_ENGINE -eq 1 ]]; then
-		say "$ENGINE settings changed: restarting it"
-		stop_pid "$ENGINE" "$pid" 60
+ensure_running() { # NAME KEY LOG CHANGED: (re)start CMD detached unless it already runs with these settings
+	local name=$1 key=$2 logf=$3 changed=$4 pid
+	if pid=$(pid_alive "$RUN_DIR/$key.pid" "${CMD[0]}"); then
+		if [[ $changed -eq 1 ]]; then
+			say "$name settings changed: restarting it"
+		elif ! cmdline_matches "$pid"; then
+			say "$name command line changed: restarting it"
+		else
+			say "$name already running (pid $pid)"
+			STARTED_PID=$pid
+			return 0
+		fi
+		stop_pid "$name" "$pid" 60
 	fi
-	if pid=$(pid_alive "$RUN_DIR/engine.pid" "$ENGINE_BIN"); then
-		say "$ENGINE already running (pid $pid)"
-	else
-		local sock
-		for sock in "${ENGINE_ADDRS[@]}"; do
-			[[ $sock != unix://* ]] || mkdir -p -- "$(dirname -- "${sock#unix://}")"
-		done
-		engine_cmd
-		start_detached engine "$ROOT/log/$ENGINE.log" "${CMD[@]}"
-		pid=$STARTED_PID
-		say "started $ENGINE (pid $pid, log $ROOT/log/$ENGINE.log)"
-	fi
-	wait_for "$ENGINE" "$pid" "$ROOT/log/$ENGINE.log" engine_ready
+	start_detached "$key" "$logf" "${CMD[@]}"
+	say "started $name (pid $STARTED_PID, log $logf)"
+}
+
+run_background() {
+	cachesvc_cmd
+	ensure_running cachesvc cachesvc "$ROOT/log/cachesvc.log" "$CONFIG_CHANGED_CACHESVC"
+	wait_for cachesvc "$STARTED_PID" "$ROOT/log/cachesvc.log" cachesvc_ready
+
+	local sock
+	for sock in "${ENGINE_ADDRS[@]}"; do
+		[[ $sock != unix://* ]] || mkdir -p -- "$(dirname -- "${sock#unix://}")"
+	done
+	engine_cmd
+	ensure_running "$ENGINE" engine "$ROOT/log/$ENGINE.log" "$CONFIG_CHANGED_ENGINE"
+	wait_for "$ENGINE" "$STARTED_PID" "$ROOT/log/$ENGINE.log" engine_ready
 	write_state background
 }
 
@@ -817,6 +847,7 @@ stop_foreground_children() { # also on any exit (a failed start-up included): ne
 	if [[ -n $FG_EN_PID ]]; then
 		say "stopping $ENGINE (pid $FG_EN_PID)"
 		stop_pid "$ENGINE" "$FG_EN_PID" 60
+		release_engine_runtime "$ENGINE"
 	fi
 	if [[ -n $FG_CS_PID ]]; then
 		say "stopping cachesvc (pid $FG_CS_PID)"
@@ -858,20 +889,23 @@ run_foreground() {
 		fi
 	fi
 
-	local status=0 which
+	# Supervise by polling rather than `wait -n`: a child that died while this shell was busy (and got reaped by
+	# it then) would never wake `wait -n`. `wait` on a background sleep returns at once when a signal arrives.
+	local status=0 which="" tick
 	while [[ $STOPPING -eq 0 ]]; do
-		wait -n 2>/dev/null || true # returns when a child exits or a trapped signal arrives
-		[[ $STOPPING -eq 0 ]] || break
-		if ! kill -0 "$FG_CS_PID" 2>/dev/null; then
+		if ! running "$FG_CS_PID"; then
 			which=cachesvc
-		elif [[ -n $FG_EN_PID ]] && ! kill -0 "$FG_EN_PID" 2>/dev/null; then
+		elif [[ -n $FG_EN_PID ]] && ! running "$FG_EN_PID"; then
 			which=$ENGINE
-		else
-			continue
 		fi
-		say "$which exited unexpectedly: stopping"
-		status=1
-		break
+		if [[ -n $which ]]; then
+			say "$which exited unexpectedly: stopping"
+			status=1
+			break
+		fi
+		sleep 0.5 &
+		tick=$!
+		wait "$tick" 2>/dev/null || kill "$tick" 2>/dev/null || true
 	done
 	[[ $STOPPING -eq 0 ]] || say "stopping (signal received)"
 	stop_foreground_children
@@ -924,8 +958,23 @@ select_units() {
 	fi
 }
 
+systemd_ensure() { # UNIT CHANGED
+	local unit=$1 changed=$2
+	if systemctl is-active --quiet "$unit"; then
+		if [[ $changed -eq 1 ]]; then
+			say "restarting $unit (settings changed)"
+			systemctl restart "$unit" || die "$unit did not restart: journalctl -u $unit"
+		else
+			say "$unit already running"
+		fi
+	else
+		say "starting $unit"
+		systemctl start "$unit" || die "$unit did not start: journalctl -u $unit"
+	fi
+}
+
 run_systemd() {
-	local unit_changed=0 pair cs_unit=cachesvc.service en_unit
+	local pair reload=0 cs_changed=$CONFIG_CHANGED_CACHESVC en_changed=$CONFIG_CHANGED_ENGINE en_unit
 	en_unit=$(engine_unit)
 	if [[ $ENGINE == dockerd ]] && ! systemctl cat docker.service >/dev/null 2>&1; then
 		die "--engine dockerd under systemd needs the docker.service unit of your Docker package (apt-get install docker.io)"
@@ -933,31 +982,16 @@ run_systemd() {
 	select_units
 	for pair in "${UNIT_FILES[@]}"; do
 		if write_if_changed "$SYSTEMD_DIR/${pair#*|}" 0644 "$(render_unit "${pair%%|*}")"; then
-			unit_changed=1
+			reload=1
 			say "installed $SYSTEMD_DIR/${pair#*|}"
+			if [[ ${pair#*|} == cachesvc.service ]]; then cs_changed=1; else en_changed=1; fi
 		fi
 	done
-	[[ $unit_changed -eq 0 ]] || systemctl daemon-reload
-	systemctl enable --quiet "$cs_unit" "$en_unit"
-	if [[ $unit_changed -eq 1 || $CONFIG_CHANGED_CACHESVC -eq 1 ]] && systemctl is-active --quiet "$cs_unit"; then
-		say "restarting $cs_unit (settings changed)"
-		systemctl restart "$cs_unit"
-	elif systemctl is-active --quiet "$cs_unit"; then
-		say "$cs_unit already running"
-	else
-		say "starting $cs_unit"
-		systemctl start "$cs_unit" || die "$cs_unit did not start: journalctl -u $cs_unit"
-	fi
+	[[ $reload -eq 0 ]] || systemctl daemon-reload
+	systemctl enable --quiet cachesvc.service "$en_unit"
+	systemd_ensure cachesvc.service "$cs_changed"
 	wait_for cachesvc "" "" cachesvc_ready
-	if [[ $unit_changed -eq 1 || $CONFIG_CHANGED_ENGINE -eq 1 ]] && systemctl is-active --quiet "$en_unit"; then
-		say "restarting $en_unit (settings changed)"
-		systemctl restart "$en_unit"
-	elif systemctl is-active --quiet "$en_unit"; then
-		say "$en_unit already running"
-	else
-		say "starting $en_unit"
-		systemctl start "$en_unit" || die "$en_unit did not start: journalctl -u $en_unit"
-	fi
+	systemd_ensure "$en_unit" "$en_changed"
 	wait_for "$ENGINE" "" "" engine_ready
 	write_state systemd
 }
@@ -989,7 +1023,7 @@ cache_mode() { # registry (cache export to a registry works) or inline (dockerd 
 	if [[ $info == *io.containerd.snapshotter* ]]; then printf 'registry'; else printf 'inline'; fi
 }
 
-print_summary() {
+summary_text() {
 	local reg repo branch default base mode engine_where
 	reg=$(cache_registry)
 	repo=$(repo_name "$CI_REPO")
@@ -1022,6 +1056,12 @@ print_summary() {
 	fi
 }
 
+print_summary() { # in one write, so that a reader never sees half of it
+	local text
+	text=$(summary_text)
+	printf '%s\n' "$text"
+}
+
 # ------------------------------------------------------------------------------------------------------------
 # --stop and --check
 
@@ -1029,25 +1069,27 @@ stop_all() {
 	read_state || true
 	local engine=${STATE_ENGINE:-$ENGINE} pid
 	if [[ ${STATE_MODE:-} == systemd ]] || { [[ -z ${STATE_MODE:-} ]] && systemd_mode && systemctl is-active --quiet cachesvc.service; }; then
-		local en_unit=buildkitd.service
-		[[ $engine == buildkitd ]] || en_unit=docker.service
-		say "stopping $en_unit and cachesvc.service"
-		systemctl stop "$en_unit" cachesvc.service
+		local en_units=(buildkitd.service)
+		# docker.socket would start docker.service again on the next client connection
+		[[ $engine == buildkitd ]] || en_units=(docker.socket docker.service)
+		say "stopping ${en_units[*]} and cachesvc.service"
+		systemctl stop "${en_units[@]}" cachesvc.service
 	else
 		if pid=$(pid_alive "$RUN_DIR/supervisor.pid" "$PROG"); then
 			say "stopping the foreground supervisor (pid $pid)"
 			kill -TERM "$pid"
 			local waited=0
-			while kill -0 "$pid" 2>/dev/null && ((waited < 1200)); do
+			while running "$pid" && ((waited < 1200)); do
 				sleep 0.1
 				waited=$((waited + 1))
 			done
 		fi
-		if [[ -f $RUN_DIR/engine.pid ]] && pid=$(<"$RUN_DIR/engine.pid") && [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null; then
+		if [[ -f $RUN_DIR/engine.pid ]] && pid=$(<"$RUN_DIR/engine.pid") && [[ $pid =~ ^[0-9]+$ ]] && running "$pid"; then
 			say "stopping $engine (pid $pid)"
 			stop_pid "$engine" "$pid" 60
 		fi
-		if [[ -f $RUN_DIR/cachesvc.pid ]] && pid=$(<"$RUN_DIR/cachesvc.pid") && [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null; then
+		release_engine_runtime "$engine"
+		if [[ -f $RUN_DIR/cachesvc.pid ]] && pid=$(<"$RUN_DIR/cachesvc.pid") && [[ $pid =~ ^[0-9]+$ ]] && running "$pid"; then
 			say "stopping cachesvc (pid $pid)"
 			stop_pid cachesvc "$pid" 30
 		fi

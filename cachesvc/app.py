@@ -20,12 +20,15 @@ from aiohttp.web_request import BaseRequest
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from cachesvc import logs
-from cachesvc.api import admin
+from cachesvc.api import admin, status_page
 from cachesvc.api.context import BYTES_IN, CACHE_RESULT, Registry
 from cachesvc.api.errors import RegistryError
 from cachesvc.api.routes import REGISTRY_ROUTES, Handler, Router
-from cachesvc.metrics import Metrics
+from cachesvc.auth import TOKEN_PATH, AuthConfigError, Guard, startup_checks
+from cachesvc.metrics import Metrics, TrafficCollector
+from cachesvc.remote import remote_tier
 from cachesvc.settings import Settings
+from cachesvc.store import compression
 from cachesvc.store.store import Store
 from cachesvc.traffic import Traffic
 
@@ -33,6 +36,7 @@ log = logging.getLogger("cachesvc.server")
 
 OPERATOR_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 ADMIN_PREFIX = "/_cachesvc/api/"
+DRAIN_TIMEOUT = 20.0  # seconds SIGTERM waits for requests in flight
 COMMON_HEADERS = {"Docker-Distribution-Api-Version": "registry/2.0"}
 
 
@@ -46,6 +50,7 @@ class Server:
         self.store = store or Store(settings, metrics=self.metrics)
         self.traffic = Traffic(self.store.clock)
         self.registry = Registry(self.store, settings, self.metrics, self.traffic)
+        self.metrics.registry.register(TrafficCollector(self.traffic))
         self.router = Router(REGISTRY_ROUTES)
         self.access_log = access_log or logs.AccessLog(sys.stderr, settings.log_format,
                                                        enabled=log.isEnabledFor(logging.INFO))
@@ -53,12 +58,24 @@ class Server:
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(3).hex()
         self.inflight = 0
+        self.draining = False
         self.started = time.time()
+        # None without --auth-file: then no request pays anything for authentication.
+        self.auth: Guard | None = Guard.from_settings(settings, self.store.clock)
+        # The shared tier (cachesvc/remote), None without --remote: then local misses are simply 404.
+        self.remote = remote_tier(settings, self.store, self.metrics)
+        self.registry.remote = self.remote
 
     async def start(self) -> None:
         await self.store.start()
+        if self.auth is not None:
+            self.auth.open(self.store.layout)
+        if self.remote is not None:
+            await self.remote.start()
 
     async def close(self) -> None:
+        if self.remote is not None:
+            await self.remote.close()
         await self.store.close()
         self.access_log.flush()
 
@@ -75,9 +92,13 @@ class Server:
         self.inflight += 1
         try:
             route_label, params, handler = self.resolve(method, path)
+            if self.auth is not None:
+                request = await self.auth.authorize(request, method, route_label, params)
             resp = await handler(self.registry, request, params)
             resp.headers.update(COMMON_HEADERS)
             resp.headers["X-Request-Id"] = rid
+            if self.draining:
+                resp.force_close()
             await resp.prepare(request)
             await resp.write_eof()
         except RegistryError as e:
@@ -104,6 +125,10 @@ class Server:
 
     def resolve(self, method: str, path: str) -> tuple[str, dict[str, str], Handler]:
         """The route label, path parameters and handler for a request (405/404 as spec errors)."""
+        if path == TOKEN_PATH and self.auth is not None:
+            return TOKEN_PATH, {}, self.auth.token_endpoint
+        if path in ("/_cachesvc", "/_cachesvc/"):
+            return "/_cachesvc/", {}, status_page.status_page
         if path.startswith(ADMIN_PREFIX):
             action = path[len(ADMIN_PREFIX):]
             return f"{ADMIN_PREFIX}{{action}}", {"action": action}, admin.admin_api
@@ -163,7 +188,11 @@ class Server:
             checks["disk_writable"] = True
         except OSError as e:
             checks["disk_writable"] = f"no: {e.strerror}"
-        ready = checks["store_open"] is True and checks["disk_writable"] is True
+        ev = self.store.evictor
+        free, floor = ev.free_bytes(), ev.min_free_bytes()
+        checks["free_bytes"], checks["min_free_bytes"] = free, floor
+        checks["space"] = True if free >= floor else f"no: {free} bytes free, below the {floor} floor"
+        ready = all(checks[k] is True for k in ("store_open", "disk_writable", "space"))
         return ready, checks
 
     def refresh_gauges(self) -> None:
@@ -178,6 +207,7 @@ class Server:
         st = os.statvfs(self.store.layout.root)
         m.free_bytes.set(st.f_bavail * st.f_frsize)
         m.upload_sessions.set(self.store.uploads.count)
+        compression.refresh_gauges(self.store)
 
 
 async def serve(settings: Settings, *, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None,
@@ -185,7 +215,11 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None, stop:
     """Run until ``stop`` is set (or SIGTERM/SIGINT): open the store, listen, drain on the way out."""
     import signal
 
-    server = Server(settings, access_log=access_log)
+    try:
+        ssl_context = startup_checks(settings)
+        server = Server(settings, access_log=access_log)
+    except AuthConfigError as e:
+        raise SystemExit(f"cachesvc: {e}") from None
     await server.start()
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
@@ -196,11 +230,12 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None, stop:
                            max_line_size=16384, keepalive_timeout=75)
     try:
         listener = await loop.create_server(low_level, settings.host or None, settings.port, backlog=1024,
-                                            reuse_address=True)
+                                            reuse_address=True, ssl=ssl_context)
     except OSError as e:
         await server.close()
         raise SystemExit(f"cachesvc: cannot listen on {settings.listen}: {e.strerror}") from None
-    log.info("cachesvc serving on http://%s (root %s)", settings.listen, server.store.layout.root)
+    log.info("cachesvc serving on %s://%s (root %s; auth %s)", "https" if ssl_context else "http", settings.listen,
+             server.store.layout.root, f"from {settings.auth_file}" if server.auth else "off")
     _notify_systemd(b"READY=1")
     if ready is not None:
         ready.set()
@@ -208,8 +243,15 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None, stop:
     log.info("shutting down: draining %d in-flight request(s)", server.inflight)
     _notify_systemd(b"STOPPING=1")
     listener.close()
-    await low_level.shutdown(timeout=10)
-    listener.close()
+    # aiohttp's own shutdown stops reading request bodies at once, so requests in flight (an upload half-way)
+    # are drained here first, for a bounded time; responses meanwhile close their keep-alive connections.
+    server.draining = True
+    deadline = loop.time() + DRAIN_TIMEOUT
+    while server.inflight and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    if server.inflight:
+        log.warning("%d request(s) still in flight after %.0fs; closing them", server.inflight, DRAIN_TIMEOUT)
+    await low_level.shutdown(timeout=1)
     await server.close()
     log.info("stopped")
 

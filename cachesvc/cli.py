@@ -18,6 +18,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = sub.add_parser("serve", help="run the registry server")
     add_flags(serve)
+    from cachesvc.auth.commands import add_commands
+
+    add_commands(sub)
 
     def operator(name: str, help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help)
@@ -39,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     fsck = operator("fsck", help="re-hash every blob and check index and files agree")
     fsck.add_argument("--repair", action="store_true",
                       help="quarantine corrupt blobs, drop manifests that lose blobs, remove stray files")
+    from cachesvc.remote.commands import add_commands as add_remote_commands
+
+    add_remote_commands(sub)  # shared tier: prefetch, remote-status (operator commands), remote-gc
     return parser
 
 
@@ -77,9 +83,12 @@ def _run_operator(args: argparse.Namespace) -> int:
             print(f"cachesvc: {e}", file=sys.stderr)
             return 2
         host = settings.host if settings.host not in ("", "0.0.0.0", "::") else "127.0.0.1"
-        url = f"http://{'[' + host + ']' if ':' in host else host}:{settings.port}"
+        scheme = "https" if settings.tls_cert else "http"
+        url = f"{scheme}://{'[' + host + ']' if ':' in host else host}:{settings.port}"
+    from cachesvc.auth.commands import auth_header_from_env
+
     try:
-        print(COMMANDS[args.command](AdminClient(url), args))
+        print(COMMANDS[args.command](AdminClient(url, headers=auth_header_from_env()), args))
     except OperatorError as e:
         print(f"cachesvc: {e}", file=sys.stderr)
         return 1
@@ -92,6 +101,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return _run_serve(args)
+    if args.command in ("hash-password", "gen-token"):
+        from cachesvc.auth.commands import run
+
+        return run(args)
+    if args.command == "remote-gc":
+        from cachesvc.remote.commands import run_gc
+
+        return run_gc(args)
     return _run_operator(args)
 
 

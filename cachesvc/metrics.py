@@ -6,6 +6,8 @@ stores in one process independent.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -47,3 +49,90 @@ class Metrics:
             "cachesvc_buildkit_oversized_cache_total",
             "Cache manifests or cache configs over BuildKit's 1 MiB import limit (accepted, but BuildKit will "
             "build cold)", ["kind"], registry=r)
+        # Compression at rest (cachesvc/store/compression.py); the gauges are refreshed on each scrape.
+        self.compression_results = Counter("cachesvc_compression_results_total",
+                                           "Blobs examined for compression at rest, by outcome (compressed, "
+                                           "already_compressed, small, incompressible, no_gain, failed, corrupt, "
+                                           "gone)", ["result"], registry=r)
+        self.compression_input_bytes = Counter("cachesvc_compression_input_bytes_total",
+                                               "Bytes of blobs compressed at rest (their size before)", registry=r)
+        self.compression_seconds = Counter("cachesvc_compression_seconds_total",
+                                           "Time spent examining, compressing and verifying blobs at rest",
+                                           registry=r)
+        self.compression_queue = Gauge("cachesvc_compression_queue", "Blobs waiting for compression at rest",
+                                       registry=r)
+        self.compressed_blobs = Gauge("cachesvc_compressed_blobs", "Blobs stored compressed at rest", registry=r)
+        self.compression_saved_bytes = Gauge("cachesvc_compression_saved_bytes",
+                                             "Bytes compression at rest saves: logical minus on-disk bytes",
+                                             registry=r)
+        self.repository_bytes = Gauge("cachesvc_repository_bytes",
+                                      "The 20 largest repositories: logical bytes (kind=logical), bytes on disk "
+                                      "(disk) and bytes saved by compression at rest (saved)",
+                                      ["repository", "kind"], registry=r)
+        self.decompressed_bytes = Counter("cachesvc_decompressed_served_bytes_total",
+                                          "Bytes served from blobs compressed at rest (decompressed)", registry=r)
+        # Shared tier (cachesvc/remote). Per tier: tier=local|shared|miss; queue gauges are read on each scrape.
+        self.tier_lookups = Counter("cachesvc_tier_lookups_total",
+                                    "Blob and manifest lookups by where they were answered: local (this disk), "
+                                    "shared (the object store behind --remote) or miss", ["kind", "tier"],
+                                    registry=r)
+        self._tier_children: dict[tuple[str, str], Any] = {}
+        self.remote_queue_depth = Gauge("cachesvc_remote_queue_depth",
+                                        "Write-behind entries waiting for upload to the shared tier", registry=r)
+        self.remote_queue_lag = Gauge("cachesvc_remote_queue_lag_seconds",
+                                      "How long the oldest write-behind entry has waited (0: queue empty)",
+                                      registry=r)
+        self.remote_bytes = Counter("cachesvc_remote_bytes_total",
+                                    "Bytes moved to (up) and from (down) the shared tier", ["direction"],
+                                    registry=r)
+        self.remote_uploads = Counter("cachesvc_remote_uploads_total",
+                                      "Write-behind entries by kind and outcome (ok, retry, dropped, superseded)",
+                                      ["kind", "result"], registry=r)
+        self.remote_fetches = Counter("cachesvc_remote_fetches_total",
+                                      "Reads from the shared tier on local misses, by kind and outcome (ok, "
+                                      "missing, incomplete, corrupt, unavailable)", ["kind", "result"], registry=r)
+
+    def tier_lookup(self, kind: str, tier: str) -> None:
+        """Count a lookup by tier (label children cached: this runs on every HEAD and GET)."""
+        child = self._tier_children.get((kind, tier))
+        if child is None:
+            child = self._tier_children[(kind, tier)] = self.tier_lookups.labels(kind, tier)
+        child.inc()
+
+
+class TrafficCollector:
+    """Per-repository lookups and hit ratio from the traffic table, with bounded cardinality: the TOP_N busiest
+    repositories get their own label, every other repository is summed under ``repository="other"``."""
+
+    TOP_N = 20
+
+    def __init__(self, traffic: Any) -> None:
+        self.traffic = traffic
+
+    def collect(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        lookups = CounterMetricFamily("cachesvc_repository_lookups", "Blob and manifest lookups per repository "
+                                      f"(top {self.TOP_N} by traffic, the rest as other)",
+                                      labels=["repository", "result"])
+        ratio = GaugeMetricFamily("cachesvc_repository_hit_ratio", "Hits over lookups since start per repository "
+                                  f"(top {self.TOP_N} by traffic, the rest as other)", labels=["repository"])
+        top = self.traffic.top(self.TOP_N)
+        other_hits = self.traffic.total.hits - sum(c.hits for _, c in top)
+        other_misses = self.traffic.total.misses - sum(c.misses for _, c in top)
+        rows = [(r, c.hits, c.misses) for r, c in top] + [("other", other_hits, other_misses)]
+        for repo, hits, misses in rows:
+            lookups.add_metric([repo, "hit"], hits)
+            lookups.add_metric([repo, "miss"], misses)
+            if hits + misses:
+                ratio.add_metric([repo], hits / (hits + misses))
+        yield lookups
+        yield ratio
+        total, _ = self.traffic.last_hour()
+        hour = GaugeMetricFamily("cachesvc_hit_ratio_last_hour", "Hits over lookups in the last 60 minutes")
+        if total.lookups:
+            hour.add_metric([], total.hits / total.lookups)
+        yield hour
+
+    def describe(self) -> Any:
+        return []

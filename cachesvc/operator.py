@@ -22,14 +22,15 @@ class OperatorError(Exception):
 
 
 class AdminClient:
-    def __init__(self, url: str, timeout: float = 30.0) -> None:
+    def __init__(self, url: str, timeout: float = 30.0, headers: dict[str, str] | None = None) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
+        self.headers = headers or {}  # Authorization, when the server has --auth-file (CACHESVC_CREDS)
 
     def _open(self, method: str, action: str, body: Any = None, query: str = "") -> Any:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(f"{self.url}/_cachesvc/api/{action}{query}", data=data, method=method,
-                                     headers={"Content-Type": "application/json"} if data else {})
+                                     headers={**self.headers, **({"Content-Type": "application/json"} if data else {})})
         try:
             return urllib.request.urlopen(req, timeout=self.timeout)
         except urllib.error.HTTPError as e:
@@ -80,7 +81,7 @@ def _usage_lines(u: dict[str, Any]) -> list[str]:
         f"used       {format_size(used)}" + (f" of {format_size(budget)} budget ({100 * used / budget:.1f}%)"
                                              if budget else " (no budget set)"),
         f"stored     {format_size(u['stored_bytes'])} logical, {format_size(u['saved_bytes'])} saved by "
-        f"compression",
+        f"compression" + _compression_note(u.get("compression")),
         f"free       {format_size(u['filesystem_free_bytes'])} on the filesystem"
         + (f" (keeping at least {format_size(u['min_free_bytes'])})" if u["min_free_bytes"] else ""),
         f"contents   {u['blobs']} blobs, {u['manifests']} manifests, {u['roots']} roots, "
@@ -94,8 +95,19 @@ def cmd_usage(client: AdminClient, args: Any) -> str:
     out = _usage_lines(u)
     if u["repositories"]:
         out += ["", "largest repositories:",
-                table([(r["name"], format_size(r["bytes"])) for r in u["repositories"]], ["repository", "size"])]
+                table([(r["name"], format_size(r["bytes"]), format_size(r.get("disk_bytes", r["bytes"])),
+                        format_size(r.get("saved_bytes", 0))) for r in u["repositories"]],
+                      ["repository", "size", "on disk", "saved"])]
     return "\n".join(out)
+
+
+def _compression_note(c: dict[str, Any] | None) -> str:
+    """`` (at rest: 12 blobs, 3 queued)`` after the saved bytes, or that it is off."""
+    if not c:
+        return ""
+    if c["mode"] == "off":
+        return " (compression at rest off)"
+    return f" (at rest: {c['compressed_blobs']} blobs" + (f", {c['queued']} queued" if c["queued"] else "") + ")"
 
 
 def cmd_stats(client: AdminClient, args: Any) -> str:

@@ -51,11 +51,54 @@ def _quota(value: str) -> str:
     return value
 
 
+def _positive_duration_or_default(value: str | float) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError(f"must be a positive duration, got {value!r}")
+    return seconds
+
+
 def _positive_int(value: str | int) -> int:
     n = int(value)
     if n <= 0:
         raise ValueError(f"must be a positive integer, got {value!r}")
     return n
+
+
+def _bool(value: str | bool) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(f"must be true or false (also 1/0, yes/no, on/off), got {value!r}")
+
+
+def _positive_duration(value: str | float) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError(f"must be a positive duration, got {value!r}")
+    return seconds
+
+
+def _optional_path(value: str | Path | None) -> Path | None:
+    return Path(value) if value not in (None, "") else None
+
+
+def _remote_url(value: str) -> str:
+    text = str(value).strip()
+    if text and (not text.startswith(("s3://", "s3a://")) or len(text.split("://", 1)[1].strip("/")) == 0):
+        raise ValueError(f"must be s3://BUCKET[/PREFIX], got {value!r}")
+    return text
+
+
+def _endpoint_url(value: str) -> str:
+    text = str(value).strip()
+    if text and not text.startswith(("http://", "https://")):
+        raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+    return text.rstrip("/")
 
 
 def _knob(default: Any, help: str, parse: Callable[[Any], Any] | None = None, *, repeat: bool = False,
@@ -91,10 +134,49 @@ class Settings:
     upload_timeout: float = _knob(86400.0, "upload sessions idle this long are dropped", parse_duration,
                                   metavar="DURATION")
     max_upload_sessions: int = _knob(1024, "upload sessions open at once", _positive_int, metavar="N")
+    client_timeout: float = _knob(60.0, "a client that sends no byte of a request body for this long, or averages "
+                                  "under 1 KiB/s after it, is cut off", _positive_duration_or_default,
+                                  metavar="DURATION")
     log_format: str = _knob("text", "access and error log format: text or json", _choice("text", "json"),
                             metavar="FORMAT")
     log_level: str = _knob("info", "debug, info, warning or error",
                            _choice("debug", "info", "warning", "error"), metavar="LEVEL")
+    compress_at_rest: str = _knob("auto", "keep uncompressed blobs (plain tar layers, JSON) zstd-compressed on "
+                                  "disk, in the background, and serve the original bytes: auto or off",
+                                  _choice("auto", "off"), metavar="MODE")
+    auth_file: Path | None = _knob(None, "credentials file (TOML): users, static tokens and their permissions; "
+                                   "turns authentication on", _optional_path, metavar="FILE")
+    allow_anonymous: bool = _knob(False, "serve a non-loopback --listen without --auth-file (anyone who can reach "
+                                  "it may read and write)", _bool)
+    auth_challenge: str = _knob("bearer", "what a 401 offers: bearer (the token flow) or basic",
+                                _choice("bearer", "basic"), metavar="SCHEME")
+    auth_service: str = _knob("cachesvc", "service name in the challenge and in issued tokens", str, metavar="NAME")
+    token_realm: str = _knob("", "token endpoint URL put in the challenge (default: this server's /token, from "
+                             "the request's Host)", str, metavar="URL")
+    token_ttl: float = _knob(300.0, "lifetime of tokens issued by /token", _positive_duration, metavar="DURATION")
+    tls_cert: Path | None = _knob(None, "PEM certificate (chain) to serve TLS with; needs --tls-key",
+                                  _optional_path, metavar="FILE")
+    tls_key: Path | None = _knob(None, "PEM private key for --tls-cert", _optional_path, metavar="FILE")
+    # -- shared tier (cachesvc/remote): an S3-compatible object store behind the local tier ----------------
+    remote: str = _knob("", "shared tier: s3://BUCKET[/PREFIX] on an S3-compatible object store; credentials from "
+                        "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_SESSION_TOKEN ('': off)", _remote_url,
+                        metavar="s3://BUCKET[/PREFIX]")
+    remote_endpoint: str = _knob("", "the object store's URL, e.g. http://127.0.0.1:8333 ('': AWS_ENDPOINT_URL, "
+                                 "else AWS S3)", _endpoint_url, metavar="URL")
+    remote_region: str = _knob("", "region for request signing ('': AWS_REGION, else us-east-1)", str,
+                               metavar="REGION")
+    remote_mode: str = _knob("read-write", "read-write, or read-only: read through, never write (autoscaled "
+                             "extras)", _choice("read-write", "read-only"), metavar="MODE")
+    remote_timeout: float = _knob(3.0, "longest a lookup in the shared tier may take before a miss is answered "
+                                  "404", _positive_duration, metavar="DURATION")
+    remote_concurrency: int = _knob(4, "uploads to the shared tier in parallel (background downloads: twice "
+                                    "that)", _positive_int, metavar="N")
+    remote_touch_interval: float = _knob(3600.0, "refresh a cache's last-use marker in the shared tier at most "
+                                         "this often (remote-gc reads them)", _positive_duration,
+                                         metavar="DURATION")
+    prefetch: list[str] = _knob(None, "at start, pull the shared tier's caches whose repo:tag matches this glob "
+                                "into the local tier, in the background (repeatable)", str, repeat=True,
+                                metavar="PATTERN")
 
     # -- derived views -------------------------------------------------------------------------------------
     @property
@@ -133,6 +215,8 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         if meta["repeat"]:
             parser.add_argument(flag_name(f.name), dest=f.name, action="append", default=None,
                                 metavar=meta["metavar"], help=help_text)
+        elif isinstance(f.default, bool):  # a switch: --allow-anonymous; env/TOML take true/false
+            parser.add_argument(flag_name(f.name), dest=f.name, action="store_true", default=None, help=help_text)
         else:
             parser.add_argument(flag_name(f.name), dest=f.name, default=None, metavar=meta["metavar"],
                                 help=help_text)

@@ -1,7 +1,8 @@
 """The operator API under ``/_cachesvc/api/``: usage, stats, listings, pins, removal, eviction, fsck.
 
-It answers only clients on the loopback interface (the operator CLI runs on the builder itself); the CLI in
-``cachesvc.cli`` is its client.
+Without authentication it answers only clients on the loopback interface (the operator CLI runs on the builder
+itself); with ``--auth-file`` it answers any address, but only identities with the ``admin`` permission (checked
+by ``cachesvc.auth.guard`` before the request gets here). The CLI in ``cachesvc.cli`` is its client.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from aiohttp.web_request import BaseRequest
 from cachesvc.api.context import Registry
 from cachesvc.api.errors import RegistryError
 from cachesvc.api.names import TAG_RE, parse_name
+from cachesvc.auth.guard import ADMIN_GRANTED
+from cachesvc.store import compression
 from cachesvc.store.eviction import Eviction
 from cachesvc.store.fsck import fsck
 
@@ -25,6 +28,8 @@ def _json(body: Any, status: int = 200) -> web.Response:
 
 
 def require_local(request: BaseRequest) -> None:
+    if request.get(ADMIN_GRANTED):  # auth is on and the caller holds the admin permission
+        return
     remote = request.remote or ""
     try:
         if ipaddress.ip_address(remote.split("%")[0]).is_loopback:
@@ -51,8 +56,9 @@ def usage(reg: Registry) -> dict[str, Any]:
         "budget_bytes": reg.settings.max_size, "evict_to": reg.settings.evict_to,
         "filesystem_free_bytes": ev.free_bytes(), "min_free_bytes": ev.min_free_bytes(),
         "index_bytes": _dir_size(reg.store.layout.index),
-        "repositories": [{"name": r, "bytes": u} for r, u in repos[:20]],
+        "repositories": compression.repository_figures(reg.store, repos),
         "repository_count": len(repos),
+        "compression": reg.store.compressor.status(),
     }
 
 
@@ -108,6 +114,10 @@ async def admin_api(reg: Registry, request: BaseRequest, p: dict[str, str]) -> w
         return _json({"evictions": [_eviction(e) for e in remove(reg, repo, tag)]})
     if action == "fsck" and method == "POST":
         return await run_fsck(reg, request)
+    if action in ("remote", "prefetch"):  # shared tier: cachesvc/remote/admin.py
+        from cachesvc.remote.admin import remote_admin
+
+        return await remote_admin(reg, request, action)
     raise RegistryError("NAME_UNKNOWN", {"path": request.path[:200]}, message="no such operator endpoint")
 
 

@@ -9,7 +9,8 @@ from cachesvc.api.context import Registry
 from cachesvc.api.errors import RegistryError
 from cachesvc.api.names import parse_digest, parse_name
 from cachesvc.api.ranges import parse_range
-from cachesvc.api.responses import BlobResponse
+from cachesvc.api.responses import BlobResponse, DecompressingResponse
+from cachesvc.store.seekable import SeekableError
 
 
 def _blob_headers(digest: str) -> dict[str, str]:
@@ -26,7 +27,10 @@ async def head_blob(reg: Registry, request: BaseRequest, p: dict[str, str]) -> w
     repo = parse_name(p["name"])
     digest = str(parse_digest(p["digest"]))
     size = reg.store.blob_size(repo, digest)
-    reg.lookup(request, repo, "blob", size is not None)
+    tier = "local"
+    if size is None and reg.remote is not None:  # shared tier (cachesvc/remote): asked on a local miss only
+        size, tier = await reg.remote.blob_size(repo, digest)
+    reg.lookup(request, repo, "blob", size is not None, tier)
     if size is None:
         raise RegistryError("BLOB_UNKNOWN", {"digest": digest})
     return web.Response(status=200, headers={**_blob_headers(digest), "Content-Length": str(size)})
@@ -36,10 +40,15 @@ async def get_blob(reg: Registry, request: BaseRequest, p: dict[str, str]) -> we
     repo = parse_name(p["name"])
     digest = str(parse_digest(p["digest"]))
     opened = reg.store.open_blob(repo, digest)
+    if opened is None and reg.remote is not None:  # shared tier (cachesvc/remote): asked on a local miss only
+        streamed = await reg.remote.get_blob(reg, request, repo, digest)
+        if streamed is not None:
+            return streamed  # streaming from the shared tier while it is stored locally
+        opened = reg.store.open_blob(repo, digest)  # it may have become local meanwhile
     reg.lookup(request, repo, "blob", opened is not None)
     if opened is None:
         raise RegistryError("BLOB_UNKNOWN", {"digest": digest})
-    fd, size = opened
+    fd, size, compressed = opened
     headers = _blob_headers(digest)
     range_header = request.headers.get("Range")
     try:
@@ -47,13 +56,20 @@ async def get_blob(reg: Registry, request: BaseRequest, p: dict[str, str]) -> we
     except RegistryError:
         BlobResponse(fd, 0, 0).close_file()
         raise
-    if span is None:
-        reg.served(repo, size)
-        return BlobResponse(fd, 0, size, headers=headers)
-    offset, count = span
-    headers["Content-Range"] = f"bytes {offset}-{offset + count - 1}/{size}"
+    offset, count, status = (0, size, 200) if span is None else (*span, 206)
+    if span is not None:
+        headers["Content-Range"] = f"bytes {offset}-{offset + count - 1}/{size}"
     reg.served(repo, count)
-    return BlobResponse(fd, offset, count, status=206, headers=headers)
+    if compressed:  # stored zstd-compressed at rest: stream the original bytes (the same digest and size)
+        try:
+            return DecompressingResponse(fd, offset, count, status=status, headers=headers,
+                                         on_sent=reg.metrics.decompressed_bytes.inc)
+        except SeekableError:  # a damaged file: like a missing one, a clean miss for everything that needs it
+            BlobResponse(fd, 0, 0).close_file()
+            reg.store.files.quarantine(digest)
+            reg.store.lose_blob(digest, "compressed file damaged")
+            raise RegistryError("BLOB_UNKNOWN", {"digest": digest}) from None
+    return BlobResponse(fd, offset, count, status=status, headers=headers)
 
 
 async def delete_blob(reg: Registry, request: BaseRequest, p: dict[str, str]) -> web.StreamResponse:

@@ -22,11 +22,11 @@ def _acceptable(request: BaseRequest, media_type: str) -> bool:
     return not (offered & MANIFEST_TYPES)
 
 
-def _lookup(reg: Registry, request: BaseRequest, p: dict[str, str]) -> tuple[str, str]:
+def _lookup(reg: Registry, request: BaseRequest, p: dict[str, str]) -> tuple[str, str | None]:
     repo = parse_name(p["name"])
     tag, digest = parse_reference(p["reference"])
     resolved = reg.store.resolve(repo, tag, digest)
-    if resolved is None:
+    if resolved is None and reg.remote is None:
         reg.lookup(request, repo, "manifest", False)
         raise RegistryError("MANIFEST_UNKNOWN", {"reference": p["reference"]})
     return repo, resolved
@@ -43,8 +43,13 @@ def _not_acceptable(media_type: str) -> RegistryError:
 
 async def head_manifest(reg: Registry, request: BaseRequest, p: dict[str, str]) -> web.StreamResponse:
     repo, digest = _lookup(reg, request, p)
-    head = reg.store.manifest_head(repo, digest)
-    reg.lookup(request, repo, "manifest", head is not None)
+    head = reg.store.manifest_head(repo, digest) if digest is not None else None
+    tier = "local"
+    if head is None and reg.remote is not None:  # shared tier (cachesvc/remote): asked on a local miss only
+        found = await reg.remote.manifest(repo, p["reference"])
+        if found is not None:
+            digest, head, tier = found.digest, (found.media_type, len(found.body)), "shared"
+    reg.lookup(request, repo, "manifest", head is not None, tier)
     if head is None:
         raise RegistryError("MANIFEST_UNKNOWN", {"reference": p["reference"]})
     media_type, size = head
@@ -55,14 +60,18 @@ async def head_manifest(reg: Registry, request: BaseRequest, p: dict[str, str]) 
 
 async def get_manifest(reg: Registry, request: BaseRequest, p: dict[str, str]) -> web.StreamResponse:
     repo, digest = _lookup(reg, request, p)
-    stored = reg.store.get_manifest(repo, digest)
-    reg.lookup(request, repo, "manifest", stored is not None)
+    stored = reg.store.get_manifest(repo, digest) if digest is not None else None
+    tier = "local"
+    if stored is None and reg.remote is not None:  # shared tier (cachesvc/remote): asked on a local miss only
+        stored = await reg.remote.manifest(repo, p["reference"])
+        tier = "shared"
+    reg.lookup(request, repo, "manifest", stored is not None, tier)
     if stored is None:
         raise RegistryError("MANIFEST_UNKNOWN", {"reference": p["reference"]})
     if not _acceptable(request, stored.media_type):
         raise _not_acceptable(stored.media_type)
     reg.served(repo, len(stored.body))
-    headers = _headers(digest, stored.media_type)
+    headers = _headers(stored.digest, stored.media_type)
     return web.Response(status=200, body=stored.body, headers=headers)
 
 
@@ -75,12 +84,19 @@ async def put_manifest(reg: Registry, request: BaseRequest, p: dict[str, str]) -
     if request.content_length is not None and request.content_length > limit:
         raise too_large
     body = bytearray()
-    async for chunk in request.content.iter_any():
+    async for chunk in reg.body(request):
         body += chunk
         if len(body) > limit:
             raise too_large
-    digest, parsed = await reg.store.put_manifest(repo, tag, ref_digest, bytes(body),
-                                                  request.headers.get("Content-Type"))
+    content_type = request.headers.get("Content-Type")
+    try:
+        digest, parsed = await reg.store.put_manifest(repo, tag, ref_digest, bytes(body), content_type)
+    except RegistryError as e:
+        # Shared tier (cachesvc/remote): the client skipped blobs a HEAD found there; make them local, store again.
+        if e.code != "MANIFEST_BLOB_UNKNOWN" or reg.remote is None or \
+                not await reg.remote.fill_missing(repo, bytes(body), content_type):
+            raise
+        digest, parsed = await reg.store.put_manifest(repo, tag, ref_digest, bytes(body), content_type)
     request[BYTES_IN] = len(body)
     headers = {"Location": f"/v2/{repo}/manifests/{digest}", "Docker-Content-Digest": digest,
                "Content-Length": "0"}

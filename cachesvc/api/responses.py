@@ -2,21 +2,27 @@
 
 uvloop (used for its much lower per-request cost) has no native ``loop.sendfile``, so on uvloop the kernel
 ``sendfile(2)`` loop runs in a worker thread on a duplicate of the socket descriptor; the stock asyncio loop
-uses its own native implementation. Either way no blob byte passes through Python.
+uses its own native implementation. Either way no blob byte passes through Python. Blobs compressed at rest
+(``cachesvc/store/compression.py``) cannot be sent that way: :class:`DecompressingResponse` streams their
+decompressed frames instead.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
 import select
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.web_request import BaseRequest
+
+from cachesvc.store.seekable import SeekableReader
 
 INLINE_LIMIT = 256 * 1024  # below this a pread + write beats a hop to a worker thread
 _SENDFILE_SLICE = 16 * 1024 * 1024
@@ -114,3 +120,85 @@ class BlobResponse(web.StreamResponse):
         except asyncio.CancelledError:
             stop.set()
             raise
+
+
+_zstd_pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="cachesvc-zstd")
+# Frames decompressed in parallel ahead of the one being sent: one stream can then use more than one core for
+# zstd (memory: about DECOMPRESS_AHEAD + 1 frames of 2 MiB per response).
+DECOMPRESS_AHEAD = max(2, min(4, os.cpu_count() or 2))
+
+
+class DecompressingResponse(web.StreamResponse):
+    """A 200 or 206 whose body is ``count`` bytes from ``offset`` of a blob compressed at rest (seekable zstd).
+
+    Only the frames covering the range are read. Worker threads decompress the next frames (in parallel) while
+    the current one is being sent, so memory stays at a few frames per response and the event loop never
+    decompresses.
+    The response owns ``fd`` and closes it once no worker uses it, however the response ends.
+    """
+
+    def __init__(self, fd: int, offset: int, count: int, *, status: int = 200,
+                 headers: dict[str, str] | None = None, on_sent: Callable[[int], object] | None = None) -> None:
+        super().__init__(status=status, headers=headers)
+        self._fd = fd
+        self._offset = offset
+        self._count = count
+        self._on_sent = on_sent
+        self.content_length = count
+        self._reader = SeekableReader(fd)  # the seek table (two small preads): SeekableError before any byte
+
+    def close_file(self) -> None:
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = -1
+
+    async def prepare(self, request: BaseRequest) -> AbstractStreamWriter | None:
+        if self.prepared:
+            return await super().prepare(request)
+        try:
+            writer = await super().prepare(request)
+            assert writer is not None
+            if request.method == "HEAD" or self._count == 0:
+                return writer
+            await self._stream(writer)
+            await super().write_eof()
+            return writer
+        finally:
+            self.close_file()
+
+    async def _stream(self, writer: AbstractStreamWriter) -> None:
+        loop = asyncio.get_running_loop()
+        reader = self._reader
+        plan = iter(reader.plan(self._offset, self._count))
+        ahead: collections.deque[asyncio.Future[memoryview]] = collections.deque()
+
+        def submit() -> None:
+            nxt = next(plan, None)
+            if nxt is not None:
+                ahead.append(loop.run_in_executor(_zstd_pool, reader.piece, *nxt))
+
+        for _ in range(DECOMPRESS_AHEAD):
+            submit()
+        sent = 0
+        try:
+            while ahead:
+                piece = await ahead[0]
+                ahead.popleft()
+                submit()
+                await writer.write(piece)
+                sent += len(piece)
+        finally:
+            if ahead:
+                # Workers may still read the file: it is closed once they are all done with it.
+                fd, self._fd = self._fd, -1
+                asyncio.gather(*ahead, return_exceptions=True).add_done_callback(lambda f: _close_after(f, fd))
+            if self._on_sent is not None:
+                self._on_sent(sent)
+
+
+def _close_after(fut: asyncio.Future[object], fd: int) -> None:
+    if not fut.cancelled():
+        fut.exception()  # retrieved, so a failure of an abandoned read is not reported twice
+    with contextlib.suppress(OSError):
+        os.close(fd)

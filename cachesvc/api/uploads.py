@@ -9,7 +9,7 @@ from __future__ import annotations
 from aiohttp import web
 from aiohttp.web_request import BaseRequest
 
-from cachesvc.api.context import BYTES_IN, CACHE_RESULT, Registry, body_chunks, declared_length
+from cachesvc.api.context import BYTES_IN, CACHE_RESULT, Registry, declared_length
 from cachesvc.api.errors import RegistryError
 from cachesvc.api.names import DIGEST_RE, parse_digest, parse_name
 from cachesvc.api.ranges import parse_content_range
@@ -47,7 +47,7 @@ async def start_upload(reg: Registry, request: BaseRequest, p: dict[str, str]) -
     digest_param = request.query.get("digest")
     if digest_param is not None:
         digest = parse_digest(digest_param)
-        size = await reg.store.write_blob(repo, digest, body_chunks(request), declared_length(request))
+        size = await reg.store.write_blob(repo, digest, reg.body(request), declared_length(request))
         request[BYTES_IN] = size
         return _created(repo, str(digest))
     session = reg.store.uploads.open(repo)
@@ -106,7 +106,7 @@ async def patch_upload(reg: Registry, request: BaseRequest, p: dict[str, str]) -
     async with session.lock:
         start, length = _chunk_range(request, session)
         before = session.record.offset
-        await reg.store.append_upload(session, body_chunks(request), start, length)
+        await reg.store.append_upload(session, reg.body(request), start, length)
         request[BYTES_IN] = session.record.offset - before
         return web.Response(status=202, headers=_session_headers(repo, session))
 
@@ -122,7 +122,7 @@ async def finish_upload(reg: Registry, request: BaseRequest, p: dict[str, str]) 
         start, length = _chunk_range(request, session)
         has_body = length != 0 and (length is not None or request.body_exists)
         before = session.record.offset
-        await reg.store.finish_upload(session, digest, body_chunks(request) if has_body else None, start, length)
+        await reg.store.finish_upload(session, digest, reg.body(request) if has_body else None, start, length)
         request[BYTES_IN] = session.record.offset - before
     return _created(repo, str(digest))
 

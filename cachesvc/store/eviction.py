@@ -31,13 +31,14 @@ from dataclasses import dataclass, field
 from cachesvc.metrics import Metrics
 from cachesvc.settings import Settings
 from cachesvc.store.blobs import BlobFiles
-from cachesvc.store.index import Index, Removed, t_key
+from cachesvc.store.index import Index, Removed
 from cachesvc.store.recency import Recency
 from cachesvc.units import parse_size
 
 log = logging.getLogger("cachesvc.eviction")
 
 PASS_INTERVAL = 5.0  # seconds between background passes (an upload over budget wakes the evictor at once)
+INDEX_RESERVE = 64 * 1024 * 1024  # free space always kept for the index (at most 5 % of a small filesystem)
 YIELD_EVERY = 0.002  # seconds of eviction work between yields to the event loop
 
 
@@ -101,11 +102,13 @@ class Evictor:
         return st.f_bavail * st.f_frsize
 
     def min_free_bytes(self) -> int:
+        """The free-space floor: ``--min-free``, and never less than a small reserve that keeps room for the
+        index's own writes (a RocksDB that hits a full disk stops accepting writes until restarted)."""
+        st = os.statvfs(self.root)
+        fs_bytes = st.f_blocks * st.f_frsize
+        reserve = min(INDEX_RESERVE, int(fs_bytes * 0.05))
         size, fraction = self.settings.min_free
-        if fraction:
-            st = os.statvfs(self.root)
-            return int(st.f_blocks * st.f_frsize * fraction)
-        return size
+        return max(reserve, int(fs_bytes * fraction) if fraction else size)
 
     def over_budget(self, extra: int = 0) -> bool:
         budget = self.settings.max_size
@@ -143,16 +146,12 @@ class Evictor:
             if rec.last_used != last_used or pending > last_used or not self.index.is_root(repo, digest, last_used):
                 return None
         tags = self.index.tags_of(repo, digest)
-        removed = self.index.delete_manifest(repo, digest)
+        removed = self.index.delete_manifest(repo, digest, self.recency.lease_of)
         if removed is None:
             return None
-        freed = sum(size for _, _, size in removed.manifests)
-        n_blobs = 0
-        for blob in removed.orphans:
-            dropped = self.drop_orphan_now(blob)
-            if dropped is not None:
-                freed += sum(size for _, size in dropped.blobs)
-                n_blobs += len(dropped.blobs)
+        self._trash(removed)
+        freed = sum(size for _, _, size in removed.manifests) + sum(size for _, size in removed.blobs)
+        n_blobs = len(removed.blobs)
         ev = Eviction(self.clock(), reason, repo, digest, tags, last_used / 1000, freed, n_blobs)
         self.recent.append(ev)
         self.metrics.evictions.labels(reason).inc()
@@ -161,17 +160,9 @@ class Evictor:
                  reason, freed, n_blobs)
         return ev
 
-    def drop_orphan_now(self, digest: str) -> Removed | None:
-        rec = self.index.blob(digest)
-        if rec is None or not rec.orphan_at:
-            return None
-        removed = self.index.drop_orphan(t_key(rec.orphan_at) + digest.encode(), digest,
-                                         self.recency.lease_of(digest))
-        if removed is not None:
-            self._trash(removed)
-        return removed
-
     def _trash(self, removed: Removed) -> None:
+        if not removed.blobs:
+            return
         for digest, _ in removed.blobs:
             self.files.to_trash(digest)
         self.index.forget_unlink([d for d, _ in removed.blobs])
@@ -211,7 +202,8 @@ class Evictor:
                 yield t, repo, digest
 
     def quota_usage(self, quota: Quota) -> int:
-        return sum(u for r, u in self.index.repo_usages() if quota.matches(r))
+        """Bytes on disk of the matching repositories (what compression at rest saves is not counted)."""
+        return sum(u - self.index.repo_saved_of(r) for r, u in self.index.repo_usages() if quota.matches(r))
 
     async def run_pass(self, *, need: int = 0) -> list[Eviction]:
         """One eviction pass. Each root goes in one atomic batch; between roots the pass yields to requests
@@ -267,7 +259,9 @@ class Evictor:
         """Before storing ``size`` more bytes: evict if needed; False when it still would not fit."""
         if not self.over_budget(size) and not self.short_of_space(size):
             return True
-        await self.run_pass(need=size)
+        done = await self.run_pass(need=size)
+        if done:  # the space comes back only once the evicted files are really unlinked
+            await asyncio.get_running_loop().run_in_executor(None, self.files.empty_trash)
         return not self.over_budget(size) and not self.short_of_space(size)
 
     def plan(self) -> Plan:
@@ -292,7 +286,7 @@ class Evictor:
                     users = [u for u in self.index.manifests_using_blob(blob) if u not in gone]
                     if not users and blob not in freed_blobs and self.recency.lease_of(blob) <= now:
                         brec = self.index.blob(blob)
-                        if brec is not None and brec.lease_until <= now:
+                        if brec is not None and brec.protected_until() <= now:
                             freed_blobs.add(blob)
                             total += brec.stored_size
                             nblobs += 1

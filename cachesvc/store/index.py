@@ -21,10 +21,19 @@ orphans           ``<t eligible><digest>``               empty: blobs no manifes
 uploads           ``<session id>``                       :class:`UploadRecord`
 repos             ``<repo>``                              bytes (8, signed LE) of the blobs visible in it and its
                                                          manifests: per-repository usage, for quotas and reports
+remote_queue      ``<seq>`` (8 bytes BE)                  JSON of a write-behind entry (blob or manifest to upload
+                                                         to the shared tier; ``cachesvc/remote/writeback.py``)
 meta              ``counter:<name>``                      signed 64-bit LE counters (stored bytes, blob count…)
                   ``unlink:<digest>``                     a blob file to remove (crash-safe deletion intent)
                   ``commit:<digest>``                     a blob file being renamed in (crash-safe add intent)
                   ``pin:<pattern>``                       a pin added at run time (``cachesvc pin``)
+                  ``compress:<digest>``                   empty: a new blob queued for compression at rest
+                  ``swap:<digest>``                       a blob being swapped to its compressed file (intent)
+                  ``saved:<repo>``                        signed 64-bit LE: bytes that compression at rest saves
+                                                         on the blobs visible in ``repo`` (disk = usage - saved)
+                  ``compress_mode``                       ``auto``/``off``: the mode the store last ran with
+                  ``compress_backfill``                   digest to resume a one-off scan of ``blobs`` from, for
+                                                         blobs stored while compression was off
 ================  =====================================  =======================================================
 
 A *root* is a manifest that is tagged, or that no index in its repository lists; exactly the roots have an
@@ -44,17 +53,40 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rocksdict import Options, Rdict, ReadOptions, WriteBatch, WriteOptions
+from rocksdict import BlockBasedOptions, Cache, DBCompressionType, Options, Rdict, ReadOptions, WriteBatch, WriteOptions
 
 from cachesvc.store.records import BlobRecord, ManifestRecord, UploadRecord
 
 SEP = b"\x00"
 COLUMN_FAMILIES = ("blobs", "links", "manifests", "bodies", "tags", "manifest_tags", "blob_refs", "child_refs",
-                   "referrers", "lru", "repo_lru", "orphans", "uploads", "repos", "meta")
-COUNTERS = ("stored_bytes", "disk_bytes", "blob_bytes", "manifest_bytes", "blobs", "manifests", "roots")
+                   "referrers", "lru", "repo_lru", "orphans", "uploads", "repos", "meta",
+                   "remote_queue")
+COUNTERS = ("stored_bytes", "disk_bytes", "blob_bytes", "manifest_bytes", "blobs", "manifests", "roots",
+            "compressed_blobs")
 _T = struct.Struct(">Q")
 _I64 = struct.Struct("<q")
 _U64 = struct.Struct("<Q")
+
+
+BLOCK_CACHE_BYTES = 32 * 1024 * 1024
+MEMTABLE_BUDGET = 32 * 1024 * 1024
+
+
+def _options(cache: Cache) -> Options:
+    """Per-column-family tuning: bloom filters make point lookups of absent keys (most HEAD misses, every
+    "is this still referenced?" check) cost one probe instead of one per SST file; index and filter blocks live
+    in the bounded block cache so memory does not grow with the number of files."""
+    table = BlockBasedOptions()
+    table.set_bloom_filter(10, False)
+    table.set_block_cache(cache)
+    table.set_cache_index_and_filter_blocks(True)
+    table.set_pin_l0_filter_and_index_blocks_in_cache(True)
+    opts = Options(raw_mode=True)
+    opts.set_block_based_table_factory(table)
+    opts.set_compression_type(DBCompressionType.lz4())
+    opts.set_level_compaction_dynamic_level_bytes(True)
+    opts.set_write_buffer_size(16 * 1024 * 1024)
+    return opts
 
 
 def t_key(ms: int) -> bytes:
@@ -84,39 +116,55 @@ class Mutation:
     def __init__(self, index: Index) -> None:
         self.index = index
         self.batch = WriteBatch(raw_mode=True)
-        self.overlay: dict[tuple[str, bytes], bytes | None] = {}
+        self.overlay: dict[str, dict[bytes, bytes | None]] = {}  # per column family: key -> value (None: deleted)
         self.deltas: dict[str, int] = {}
         self.removed = Removed([], [], [])
+        self._iters: dict[str, Any] = {}
 
     # -- raw access ------------------------------------------------------------------------------------
     def get(self, cf: str, key: bytes) -> bytes | None:
-        hit = self.overlay.get((cf, key), b"\x01missing")
-        if hit != b"\x01missing":
-            return hit
+        mine = self.overlay.get(cf)
+        if mine is not None and key in mine:
+            return mine[key]
         return self.index.cf[cf].get(key)
 
     def put(self, cf: str, key: bytes, value: bytes = b"") -> None:
-        self.overlay[(cf, key)] = value
+        self.overlay.setdefault(cf, {})[key] = value
         self.batch.put(key, value, self.index.handles[cf])
 
     def delete(self, cf: str, key: bytes) -> None:
-        self.overlay[(cf, key)] = None
+        self.overlay.setdefault(cf, {})[key] = None
         self.batch.delete(key, self.index.handles[cf])
 
     def count(self, name: str, delta: int) -> None:
         self.deltas[name] = self.deltas.get(name, 0) + delta
 
+    def _stored_keys(self, cf: str, prefix: bytes) -> Iterator[bytes]:
+        """Stored keys under ``prefix``; one iterator per column family is reused for the whole mutation."""
+        it = self._iters.get(cf)
+        if it is None:
+            it = self._iters[cf] = self.index.cf[cf].iter(ReadOptions())
+        it.seek(prefix)
+        while it.valid():
+            key = it.key()
+            if not key.startswith(prefix):
+                return
+            yield key
+            it.next()
+
     def keys_with_prefix(self, cf: str, prefix: bytes) -> list[bytes]:
         """Keys under ``prefix`` as this mutation sees them (stored ones, minus deleted, plus added)."""
-        found = {k for k in self.index.scan_keys(cf, prefix) if self.overlay.get((cf, k), b"") is not None}
-        found.update(k for (c, k), v in self.overlay.items() if c == cf and v is not None and k.startswith(prefix))
+        mine = self.overlay.get(cf, {})
+        found = {k for k in self._stored_keys(cf, prefix) if mine.get(k, b"") is not None}
+        found.update(k for k, v in mine.items() if v is not None and k.startswith(prefix))
         return sorted(found)
 
     def has_prefix(self, cf: str, prefix: bytes) -> bool:
-        for (c, k), v in self.overlay.items():
-            if c == cf and v is not None and k.startswith(prefix):
+        mine = self.overlay.get(cf, {})
+        for k, v in mine.items():
+            if v is not None and k.startswith(prefix):
                 return True
-        return any(self.overlay.get((cf, k), b"") is not None for k in self.index.scan_keys(cf, prefix))
+        return any(mine.get(k, b"") is not None for k in self._stored_keys(cf, prefix))
 
     # -- derived indexes -------------------------------------------------------------------------------
     def add_root(self, repo: str, digest: str, last_used: int) -> None:
@@ -188,14 +236,15 @@ class Index:
     def __init__(self, path: Path, *, clock: Callable[[], float]) -> None:
         self.path = Path(path)
         self.clock = clock
-        opts = Options(raw_mode=True)
+        cache = Cache(BLOCK_CACHE_BYTES)  # shared by every column family: memory stays bounded
+        opts = _options(cache)
         opts.create_if_missing(True)
         opts.create_missing_column_families(True)
         opts.set_keep_log_file_num(3)
+        opts.set_db_write_buffer_size(MEMTABLE_BUDGET)  # all column families' memtables together
         opts.set_max_background_jobs(2)
         opts.set_max_total_wal_size(64 * 1024 * 1024)
-        self.db = Rdict(str(self.path), opts, column_families={name: Options(raw_mode=True)
-                                                                for name in COLUMN_FAMILIES})
+        self.db = Rdict(str(self.path), opts, column_families={name: _options(cache) for name in COLUMN_FAMILIES})
         self.cf = {name: self.db.get_column_family(name) for name in COLUMN_FAMILIES}
         self.handles = {name: self.db.get_column_family_handle(name) for name in COLUMN_FAMILIES}
         self.write_options = WriteOptions()
@@ -248,6 +297,7 @@ class Index:
         new = {name: self.counters[name] + d for name, d in m.deltas.items() if d}
         for name, value in new.items():
             m.batch.put(b"counter:" + name.encode(), _I64.pack(value), self.handles["meta"])
+        m._iters.clear()  # iterators pin the database open and its files in memory
         self.db.write(m.batch, self.write_options)
         self.counters.update(new)
 
@@ -364,7 +414,10 @@ class Index:
         if present == pinned:
             return False
         m = self.mutation()
-        m.put("meta", key) if pinned else m.delete("meta", key)
+        if pinned:
+            m.put("meta", key)
+        else:
+            m.delete("meta", key)
         self.write(m)
         self._pins = None
         return True
@@ -386,8 +439,9 @@ class Index:
         m.put("meta", b"commit:" + digest.encode())
         self.write(m)
 
-    def add_blob(self, digest: str, size: int, repo: str, grace_ms: int) -> bool:
-        """Index a verified blob file (new or already known) and make it visible in ``repo``."""
+    def add_blob(self, digest: str, size: int, repo: str, grace_ms: int, *, compress: bool = False) -> bool:
+        """Index a verified blob file (new or already known) and make it visible in ``repo``; with ``compress``,
+        a new blob is queued for compression at rest in the same batch."""
         m = self.mutation()
         now = self.now_ms()
         rec = m.blob(digest)
@@ -398,8 +452,10 @@ class Index:
             m.count("disk_bytes", size)
             m.count("blob_bytes", size)
             m.count("blobs", 1)
+            if compress:
+                m.put("meta", b"compress:" + digest.encode())
         self._lease(m, digest, rec, now + grace_ms)
-        self._link(m, digest, repo, rec.size)
+        self._link(m, digest, repo, rec.size, rec.size - rec.stored_size)
         m.delete("meta", b"commit:" + digest.encode())
         self.write(m)
         return created
@@ -411,19 +467,25 @@ class Index:
         if rec is None:
             return False
         self._lease(m, digest, rec, self.now_ms() + grace_ms)
-        self._link(m, digest, repo, rec.size)
+        self._link(m, digest, repo, rec.size, rec.size - rec.stored_size)
         self.write(m)
         return True
 
-    def _link(self, m: Mutation, digest: str, repo: str, size: int) -> None:
+    def _link(self, m: Mutation, digest: str, repo: str, size: int, saved: int = 0) -> None:
         if m.get("links", _k(digest, repo)) is None:
             m.put("links", _k(digest, repo), _U64.pack(size))
             m.repo_usage(repo, size)
+            if saved:
+                self._repo_saved(m, repo, saved)
 
-    def _lease(self, m: Mutation, digest: str, rec: BlobRecord, until: int) -> None:
-        """Protect a blob until ``until``; an unreferenced blob's orphan time moves with its lease."""
+    def _lease(self, m: Mutation, digest: str, rec: BlobRecord, until: int, *, held: bool = False) -> None:
+        """Protect a blob until ``until`` (an upload lease, or with ``held`` a HEAD/GET one; see BlobRecord);
+        an unreferenced blob's orphan time moves with its leases."""
         rec.last_used = max(rec.last_used, self.now_ms())
-        rec.lease_until = max(rec.lease_until, until)
+        if held:
+            rec.held_until = max(rec.held_until, until)
+        else:
+            rec.lease_until = max(rec.lease_until, until)
         if m.has_prefix("blob_refs", digest.encode() + SEP):
             m.put_blob(digest, rec)
             return
@@ -442,8 +504,8 @@ class Index:
         m = self.mutation()
         for digest, until in leases.items():
             rec = m.blob(digest)
-            if rec is not None and (rec.lease_until < until or (rec.orphan_at and rec.orphan_at < until)):
-                self._lease(m, digest, rec, until)
+            if rec is not None and (rec.held_until < until or (rec.orphan_at and rec.orphan_at < until)):
+                self._lease(m, digest, rec, until, held=True)
         self.write(m)
 
     def unlink_blob(self, digest: str, repo: str) -> Removed | None:
@@ -479,10 +541,12 @@ class Index:
             m.delete("orphans", t_key(rec.orphan_at) + digest.encode())
         m.delete("blobs", digest.encode())
         m.put("meta", b"unlink:" + digest.encode())
-        m.count("stored_bytes", -rec.stored_size)
+        m.count("stored_bytes", -rec.size)
         m.count("disk_bytes", -rec.stored_size)
         m.count("blob_bytes", -rec.size)
         m.count("blobs", -1)
+        if rec.stored_size != rec.size:
+            m.count("compressed_blobs", -1)
         m.removed.blobs.append((digest, rec.stored_size))
 
     def _unlink(self, m: Mutation, digest: str, repo: str) -> None:
@@ -490,6 +554,9 @@ class Index:
         if raw is not None:
             m.delete("links", _k(digest, repo))
             m.repo_usage(repo, -_U64.unpack(raw)[0])
+            rec = m.blob(digest)
+            if rec is not None and rec.stored_size != rec.size:
+                self._repo_saved(m, repo, rec.stored_size - rec.size)
 
     def forget_unlink(self, digests: list[str]) -> None:
         m = self.mutation()
@@ -513,9 +580,9 @@ class Index:
                 m.put_blob(digest, rec)
             self.write(m)
             return None
-        until = max(rec.lease_until, lease_until)
+        until = max(rec.protected_until(), lease_until)
         if until > self.now_ms():
-            self._lease(m, digest, rec, until)
+            self._lease(m, digest, rec, until, held=True)
             self.write(m)
             return None
         self._drop_blob(m, digest)
@@ -539,7 +606,9 @@ class Index:
             for blob in dict.fromkeys(rec.blobs):
                 m.put("blob_refs", _k(blob, repo, digest))
                 brec = m.blob(blob)
-                if brec is not None:
+                if brec is not None and (brec.orphan_at or brec.lease_until):
+                    # Referenced now: out of the orphan index, and its upload lease has done its job (a HEAD
+                    # lease, held_until, stays: see BlobRecord).
                     if brec.orphan_at:
                         m.delete("orphans", t_key(brec.orphan_at) + blob.encode())
                     brec.orphan_at = 0
@@ -602,12 +671,22 @@ class Index:
         self.write(m)
         return True
 
-    def delete_manifest(self, repo: str, digest: str) -> Removed | None:
-        """Delete a manifest, its tags, the indexes that list it, and children nothing else keeps."""
+    def delete_manifest(self, repo: str, digest: str,
+                        lease_of: Callable[[str], int] | None = None) -> Removed | None:
+        """Delete a manifest, its tags, the indexes that list it, and children nothing else keeps.
+
+        With ``lease_of`` (the in-memory leases), blobs left unreferenced whose leases have ended are dropped
+        in the same batch (eviction: one write per root); otherwise they wait in the orphan index."""
         m = self.mutation()
         if m.manifest(repo, digest) is None:
             return None
         self._delete_manifest(m, repo, digest)
+        if lease_of is not None:
+            now = self.now_ms()
+            for blob in m.removed.orphans:
+                rec = m.blob(blob)
+                if rec is not None and max(rec.protected_until(), lease_of(blob)) <= now:
+                    self._drop_blob(m, blob)
         self.write(m)
         return m.removed
 
@@ -641,7 +720,7 @@ class Index:
             if not m.has_prefix("blob_refs", blob.encode() + SEP):
                 brec = m.blob(blob)
                 if brec is not None and not brec.orphan_at:
-                    brec.orphan_at = max(now, brec.lease_until)
+                    brec.orphan_at = max(now, brec.protected_until())
                     m.put("orphans", t_key(brec.orphan_at) + blob.encode())
                     m.put_blob(blob, brec)
                     m.removed.orphans.append(blob)
@@ -680,3 +759,95 @@ class Index:
         m = self.mutation()
         m.delete("uploads", session_id.encode())
         self.write(m)
+
+    # -- compression at rest (cachesvc/store/compression.py) ------------------------------------------------
+    def _repo_saved(self, m: Mutation, repo: str, delta: int) -> None:
+        key = b"saved:" + repo.encode()
+        raw = m.get("meta", key)
+        value = (_I64.unpack(raw)[0] if raw else 0) + delta
+        m.put("meta", key, _I64.pack(value)) if value else m.delete("meta", key)
+
+    def repo_saved_of(self, repo: str) -> int:
+        raw = self.cf["meta"].get(b"saved:" + repo.encode())
+        return _I64.unpack(raw)[0] if raw else 0
+
+    def repo_saved(self) -> dict[str, int]:
+        """Bytes compression saves per repository (only repositories with compressed blobs are listed)."""
+        return {k[len(b"saved:"):].decode(): _I64.unpack(v)[0] for k, v in self.scan("meta", b"saved:")}
+
+    def queue_compression(self, digests: list[str], backfill_cursor: str | None = None,
+                          backfill_done: bool = False) -> None:
+        """Queue blobs for compression at rest (and move the backfill scan's cursor in the same batch)."""
+        m = self.mutation()
+        for d in digests:
+            m.put("meta", b"compress:" + d.encode())
+        if backfill_done:
+            m.delete("meta", b"compress_backfill")
+        elif backfill_cursor is not None:
+            m.put("meta", b"compress_backfill", backfill_cursor.encode())
+        self.write(m)
+
+    def dequeue_compression(self, digest: str) -> None:
+        m = self.mutation()
+        m.delete("meta", b"compress:" + digest.encode())
+        self.write(m)
+
+    def compression_queue(self) -> list[str]:
+        """Blobs waiting for compression: read at start (proportional to the pending work, not the store)."""
+        return [k[len(b"compress:"):].decode() for k in self.scan_keys("meta", b"compress:")]
+
+    def meta_value(self, name: str) -> bytes | None:
+        return self.cf["meta"].get(name.encode())
+
+    def set_meta_value(self, name: str, value: bytes | None) -> None:
+        m = self.mutation()
+        m.put("meta", name.encode(), value) if value is not None else m.delete("meta", name.encode())
+        self.write(m)
+
+    def blobs_from(self, start: str, limit: int) -> list[tuple[str, BlobRecord]]:
+        """Up to ``limit`` blob records in digest order after ``start`` (the backfill scan, a batch at a time)."""
+        out: list[tuple[str, BlobRecord]] = []
+        begin = start.encode() + b"\x00" if start else None
+        for key, value in self.scan("blobs", b"", begin):
+            out.append((key.decode(), BlobRecord.decode(value)))
+            if len(out) >= limit:
+                break
+        return out
+
+    def begin_swap(self, digest: str) -> None:
+        """Record that a blob's compressed file is about to be renamed in (undone or finished at start)."""
+        m = self.mutation()
+        m.put("meta", b"swap:" + digest.encode())
+        self.write(m)
+
+    def pending_swaps(self) -> list[str]:
+        return [k[len(b"swap:"):].decode() for k in self.scan_keys("meta", b"swap:")]
+
+    def forget_swap(self, digest: str) -> None:
+        m = self.mutation()
+        m.delete("meta", b"swap:" + digest.encode())
+        self.write(m)
+
+    def set_stored_size(self, digest: str, stored_size: int) -> BlobRecord | None:
+        """A blob's file changed form (compressed, or back to plain after a crash): one batch updates its record,
+        ``disk_bytes``, the compressed-blob count, the saved bytes of every repository it is visible in, and
+        takes it off the compression queue. None (and no change) when the blob is no longer indexed."""
+        m = self.mutation()
+        rec = m.blob(digest)
+        m.delete("meta", b"compress:" + digest.encode())
+        if rec is None:
+            self.write(m)
+            return None
+        delta = stored_size - rec.stored_size
+        if delta:
+            was, now = rec.stored_size != rec.size, stored_size != rec.size
+            rec.stored_size = stored_size
+            m.put_blob(digest, rec)
+            m.count("disk_bytes", delta)
+            if was != now:
+                m.count("compressed_blobs", 1 if now else -1)
+            prefix = digest.encode() + SEP
+            for key in m.keys_with_prefix("links", prefix):
+                self._repo_saved(m, key[len(prefix):].decode(), -delta)
+        self.write(m)
+        return rec

@@ -7,10 +7,17 @@
       index/                      RocksDB: every piece of metadata (schema in cachesvc/store/index.py)
       blobs/<alg>/<xx>/<hex>      one immutable file per blob digest, whatever the repositories (dedup);
                                   <xx> is the first two hex characters, so no directory grows past ~1/256th
+      blobs/<alg>/<xx>/<hex>.zst  the same blob compressed at rest instead (seekable zstd, format in
+                                  cachesvc/store/seekable.py); a blob has one of the two forms, both only
+                                  for the instant of a swap (cachesvc/store/compression.py)
       uploads/<session-id>        bytes of an upload session so far (appended in order, hashed as they come)
+      uploads/zst-<hex>           a compressed copy being written; renamed to blobs/…/<hex>.zst once fsynced
+                                  and verified (any file here without a session is removed at start)
       quarantine/<alg>-<hex>      blobs found corrupt on disk, kept for inspection, never served
       trash/<name>                blob files already dropped from the index, waiting to be unlinked off the
                                   request path (a rename is instant; unlinking a large file is not)
+      auth.key                    the key that signs tokens from /token (mode 0600; only with --auth-file;
+                                  created on first start, see cachesvc/auth/tokens.py)
 
 Writes land in ``uploads/`` (same filesystem as ``blobs/``), are fsynced, and are renamed into ``blobs/``
 atomically once their digest is verified; a file under ``blobs/`` is therefore always complete and correct.
@@ -35,6 +42,7 @@ class Layout:
         self.quarantine = self.root / "quarantine"
         self.trash = self.root / "trash"
         self.marker = self.root / "STORE"
+        self.auth_key = self.root / "auth.key"
 
     def create(self) -> None:
         """Create the tree (idempotent) and check the format marker."""
@@ -63,6 +71,15 @@ class Layout:
         """Fast path for hot reads: ``sha256:abcd…`` -> its file path as a string."""
         algorithm, _, hex_digest = digest.partition(":")
         return f"{self.blobs}/{algorithm}/{hex_digest[:2]}/{hex_digest}"
+
+    def blob_zst_path_str(self, digest: str) -> str:
+        """Where ``digest`` lives when compressed at rest."""
+        algorithm, _, hex_digest = digest.partition(":")
+        return f"{self.blobs}/{algorithm}/{hex_digest[:2]}/{hex_digest}.zst"
+
+    def compressing(self, digest: str) -> str:
+        """Temporary file for the compressed copy of ``digest`` (same filesystem as ``blobs/``)."""
+        return str(self.uploads / f"zst-{digest.partition(':')[2]}")
 
     def upload(self, session_id: str) -> Path:
         return self.uploads / session_id

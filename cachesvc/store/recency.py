@@ -29,22 +29,21 @@ class Recency:
         self.manifests: dict[tuple[str, str], int] = {}
         self.leases: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
+        # Shared tier (cachesvc/remote/tier.py Markers): told which manifests were used, once per flush.
+        self.on_flush: Callable[[dict[tuple[str, str], int]], None] | None = None
 
     def touch_manifest(self, repo: str, digest: str) -> None:
         self.manifests[(repo, digest)] = int(self.clock() * 1000)
 
     def lease_blob(self, digest: str) -> None:
-        """A client was just told this blob exists: keep it until a manifest references it or the grace ends."""
+        """A client was just told this blob exists: keep it for the grace period, so the manifest that client
+        pushes next finds it. A lease is not ended early by some manifest referencing the blob: with several
+        builders exporting the same base layers, one builder's manifest would end another builder's lease."""
         self.leases[digest] = int(self.clock() * 1000) + self.grace_ms
 
     def lease_of(self, digest: str) -> int:
         """The lease noted in memory and not yet flushed (the index holds the flushed ones)."""
         return self.leases.get(digest, 0)
-
-    def release(self, digests: list[str]) -> None:
-        """A manifest now references these blobs: their leases have done their job."""
-        for d in digests:
-            self.leases.pop(d, None)
 
     def flush(self) -> None:
         manifests, self.manifests = self.manifests, {}
@@ -59,6 +58,8 @@ class Recency:
             for k, v in leases.items():
                 self.leases[k] = max(v, self.leases.get(k, 0))
             raise
+        if self.on_flush is not None and manifests:
+            self.on_flush(manifests)
 
     async def run(self) -> None:
         while True:

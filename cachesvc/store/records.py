@@ -10,8 +10,9 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
-_BLOB = struct.Struct("<BQQQQQQ")
-_BLOB_VERSION = 1
+_BLOB_V1 = struct.Struct("<BQQQQQQ")
+_BLOB = struct.Struct("<BQQQQQQQ")
+_BLOB_VERSION = 2
 
 
 @dataclass(slots=True)
@@ -19,8 +20,10 @@ class BlobRecord:
     """A blob the store holds a verified file for.
 
     ``orphan_at`` is 0 while some manifest references the blob; otherwise the time (ms) from which it may be
-    removed, which is also its key in the orphan index. ``lease_until`` protects a blob a client was just told
-    exists (HEAD 200, upload, mount) until a manifest references it or the lease runs out.
+    removed, which is also its key in the orphan index. Two leases keep a blob whose manifests were evicted:
+    ``lease_until`` (upload or mount: ends when a manifest references the blob, or at the end of the grace) and
+    ``held_until`` (a client was told "exists" by HEAD or GET: lasts the grace period, whatever manifests do,
+    since that client's own manifest has not been pushed yet and another builder's cannot end its lease).
     """
 
     size: int
@@ -29,19 +32,26 @@ class BlobRecord:
     lease_until: int = 0
     orphan_at: int = 0
     stored_size: int = -1
+    held_until: int = 0
 
     def __post_init__(self) -> None:
         if self.stored_size < 0:
             self.stored_size = self.size
 
+    def protected_until(self) -> int:
+        return max(self.lease_until, self.held_until)
+
     def encode(self) -> bytes:
         return _BLOB.pack(_BLOB_VERSION, self.size, self.created, self.last_used, self.lease_until,
-                          self.orphan_at, self.stored_size)
+                          self.orphan_at, self.stored_size, self.held_until)
 
     @classmethod
     def decode(cls, data: bytes) -> BlobRecord:
-        _v, size, created, last_used, lease_until, orphan_at, stored = _BLOB.unpack(data)
-        return cls(size, created, last_used, lease_until, orphan_at, stored)
+        if len(data) == _BLOB_V1.size:
+            _v, size, created, last_used, lease_until, orphan_at, stored = _BLOB_V1.unpack(data)
+            return cls(size, created, last_used, lease_until, orphan_at, stored)
+        _v, size, created, last_used, lease_until, orphan_at, stored, held = _BLOB.unpack(data)
+        return cls(size, created, last_used, lease_until, orphan_at, stored, held)
 
 
 @dataclass(slots=True)

@@ -15,12 +15,14 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from cachesvc.api.errors import RegistryError, for_each
 from cachesvc.api.names import Digest
 from cachesvc.metrics import Metrics
 from cachesvc.settings import Settings
 from cachesvc.store.blobs import AppendFile, BlobFiles, fsync_dir, hash_file, storage_error
+from cachesvc.store.compression import Compressor
 from cachesvc.store.eviction import Evictor
 from cachesvc.store.index import Index, Removed
 from cachesvc.store.layout import Layout
@@ -33,6 +35,15 @@ log = logging.getLogger("cachesvc.store")
 
 WHOLE_CHECK_INTERVAL = 10.0  # seconds between checks that a served manifest's blob files all exist
 BUILDKIT_IMPORT_LIMIT = 1024 * 1024  # BuildKit refuses to import a cache manifest or config larger than this
+
+
+class OpenedBlob(NamedTuple):
+    """A blob opened for serving: ``size`` is the blob's size; with ``compressed`` the fd is its seekable zstd
+    form (serve it decompressed), otherwise the plain file (serve it with sendfile)."""
+
+    fd: int
+    size: int
+    compressed: bool = False
 
 
 @dataclass(slots=True)
@@ -54,6 +65,9 @@ class Store:
         self.grace_ms = int(settings.upload_grace * 1000)
         self._tasks: list[asyncio.Task[None]] = []
         self._verified: dict[tuple[str, str], float] = {}
+        # Shared tier (cachesvc/remote/writeback.py), set with --remote: told of each blob and manifest a client
+        # stores, to queue its upload. None otherwise.
+        self.write_behind: Any = None
         self.opened = False
 
     # -- life cycle ---------------------------------------------------------------------------------------
@@ -67,7 +81,9 @@ class Store:
         self.recency = Recency(self.index, grace_ms=self.grace_ms, clock=self.clock)
         self.evictor = Evictor(self.settings, self.index, self.files, self.recency, self.metrics, clock=self.clock,
                                root=str(self.layout.root))
+        self.compressor = Compressor(self, enabled=self.settings.compress_at_rest == "auto")
         self._repair()
+        self.compressor.open()
         self.opened = True
 
     def _repair(self) -> None:
@@ -91,6 +107,7 @@ class Store:
             self.open()
         self.recency.start()
         self.evictor.start()
+        self.compressor.start()
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._housekeeping()))
         await loop.run_in_executor(None, self.files.empty_trash)
@@ -103,6 +120,7 @@ class Store:
         self._tasks.clear()
         if self.opened:
             await self.evictor.stop()
+            await self.compressor.stop()
             await self.recency.stop()
             for session in list(self.uploads.live.values()):
                 if session.file is not None:
@@ -131,8 +149,8 @@ class Store:
             self.recency.lease_blob(digest)
         return size
 
-    def open_blob(self, repo: str, digest: str) -> tuple[int, int] | None:
-        """``(fd, size)`` for serving a blob visible in ``repo``; the caller closes the fd.
+    def open_blob(self, repo: str, digest: str) -> OpenedBlob | None:
+        """``(fd, size, compressed)`` for serving a blob visible in ``repo``; the caller closes the fd.
 
         A blob the index knows but whose file is gone is dropped with every manifest that needs it, so clients
         get a clean miss instead of a manifest whose layers cannot be fetched.
@@ -141,12 +159,12 @@ class Store:
         if size is None:
             return None
         try:
-            fd = self.files.open(digest)
+            fd, compressed = self.files.open_any(digest)
         except FileNotFoundError:
             self.lose_blob(digest, "file missing")
             return None
         self.recency.lease_blob(digest)
-        return fd, size
+        return OpenedBlob(fd, size, compressed)
 
     def lose_blob(self, digest: str, why: str) -> Removed:
         removed = self.index.drop_blob(digest)
@@ -174,6 +192,8 @@ class Store:
                          expected: int | None) -> int:
         """Monolithic upload (POST or PUT with the whole body): stream, verify, install."""
         self.check_fits(expected)
+        if expected and not await self.evictor.make_room(expected):
+            raise RegistryError("STORAGE_FULL", {"reason": f"no room for {expected} bytes even after eviction"})
         session = self.uploads.open(repo)
         async with session.lock:
             try:
@@ -231,7 +251,18 @@ class Store:
             raise storage_error(e, "storing the blob") from None
         self.uploads.close(session, remove_file=False)
         self.metrics.bytes_received.inc(size)
+        if self.write_behind is not None:
+            self.write_behind.blob_stored(session.record.repo, str(digest), size)
         return size
+
+    async def install_fetched(self, repo: str, digest: str, path: str, size: int) -> None:
+        """Install a blob fetched from the shared tier (cachesvc/remote/fetch.py) through the upload path: the
+        caller wrote ``path`` under uploads/, verified its digest and fsynced it."""
+        try:
+            await self._install(repo, digest, path, size)
+        except OSError as e:
+            self.evictor.wake.set()
+            raise storage_error(e, "storing the blob") from None
 
     async def _install(self, repo: str, digest: str, path: str, size: int) -> None:
         """Put a verified, fsynced file in place and index it; dedups against a blob already held."""
@@ -253,7 +284,8 @@ class Store:
         # No await between these three steps: nothing can interleave with the rename.
         self.index.begin_commit(digest)
         directory = self.files.install(path, digest)
-        self.index.add_blob(digest, size, repo, self.grace_ms)
+        if self.index.add_blob(digest, size, repo, self.grace_ms, compress=self.compressor.enabled):
+            self.compressor.enqueue(digest)
         self.evictor.poke()
         loop = asyncio.get_running_loop()
         await asyncio.gather(loop.run_in_executor(None, fsync_dir, directory), self.index.sync())
@@ -331,7 +363,8 @@ class Store:
                              artifact_type=parsed.artifact_type, subject=parsed.subject)
         referrer = parsed.referrer_descriptor(digest, len(body)) if parsed.subject else None
         self.index.put_manifest(repo, digest, rec, body, tag, referrer)
-        self.recency.release(rec.blobs)
+        if self.write_behind is not None:  # queued in the same WAL sync as the manifest itself
+            self.write_behind.manifest_stored(repo, digest, tag, rec)
         self.evictor.poke()
         self._warn_oversized_cache(repo, tag or digest, parsed, len(body))
         self.metrics.bytes_received.inc(len(body))

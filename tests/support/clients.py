@@ -638,18 +638,27 @@ class RequestLog:
     def __init__(self, server: ServerProcess) -> None:
         self.server = server
 
+    # cachesvc writes its access log in batches (at most every 50 ms): a reader waits that long for a line.
+    SETTLE = 0.3
+
     def mark(self) -> int:
+        time.sleep(self.SETTLE)
         return len(self.server.log_text())
 
     def since(self, mark: int = 0) -> list[LoggedRequest]:
+        time.sleep(self.SETTLE)
         return parse_request_log(self.server.log_text()[mark:])
 
     def expect(self, mark: int, method: str, path_prefix: str) -> list[LoggedRequest]:
         """The requests since `mark` with `method` (`"GET"`, or `"HEAD|GET"` for either) on a path starting
         with `path_prefix`; fails if there are none."""
-        seen = self.since(mark)
         methods = set(method.split("|"))
-        hits = [r for r in seen if r.method in methods and r.path.startswith(path_prefix)]
+        deadline = time.monotonic() + 3
+        while True:
+            seen = self.since(mark)
+            hits = [r for r in seen if r.method in methods and r.path.startswith(path_prefix)]
+            if hits or time.monotonic() > deadline:
+                break
         assert hits, (f"{self.server.kind} logged no {method} {path_prefix}* since the mark "
                       f"({len(seen)} requests parsed; if 0, its log format needs parse_request_log in "
                       f"tests/support/clients.py):\n{self.server.log_tail(20)}")
