@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 # Real registry clients the end-to-end tests drive, the peer registry benchmarks compare against, and the
 # load generators they use (wrk; ab from apache2-utils, because wrk cannot complete HEAD requests).
 DEBIAN_TEST_PACKAGES := skopeo buildah docker.io docker-registry busybox-static umoci wrk apache2-utils shellcheck \
-	e2fsprogs xfsprogs util-linux iproute2 procps systemd openssl chromium
+	e2fsprogs xfsprogs util-linux iproute2 procps systemd openssl chromium zstd
 
 .PHONY: run install install-test install-bench system-deps test lint bench bench-smoke clean
 
@@ -49,13 +49,21 @@ lint: install-test
 test: install-test system-deps lint
 	$(VENV)/bin/pytest -q -ra
 
+# Full benchmarks (about 1.5 hours): registry vs distribution, end-to-end builds, eviction at scale (1M blobs),
+# compression at rest, the shared tier, and a 10-minute soak. Results: benchmarks/results/.
 bench: install-bench system-deps
 	$(PY) -m benchmarks.run --full
+	$(PY) -m benchmarks.build_bench --full
+	$(PY) -m benchmarks.eviction_bench --out benchmarks/results
 	$(PY) -m benchmarks.compression_bench --out benchmarks/results
+	$(PY) -m benchmarks.remote_bench
+	$(PY) -m benchmarks.soak --minutes 10 --out benchmarks/results
 
+# A few minutes' version of the registry, build and eviction benchmarks (CI runs it).
 bench-smoke: install-bench system-deps
 	$(PY) -m benchmarks.run --smoke
-	$(PY) -m benchmarks.compression_bench --smoke --out benchmarks/results
+	$(PY) -m benchmarks.build_bench --smoke
+	$(PY) -m benchmarks.eviction_bench --smoke --out benchmarks/results
 
 clean:
 	rm -rf $(VENV) .cachesvc-data .pytest_cache .ruff_cache

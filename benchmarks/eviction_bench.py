@@ -178,10 +178,20 @@ def markdown(r: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--out", type=Path, help="write eviction[-smoke].json and .md into this directory")
     args = parser.parse_args()
     result = run(args.smoke)
     print(json.dumps(result, indent=1))
     print(markdown(result))
+    if args.out:
+        write_results(args.out, "eviction" + ("-smoke" if args.smoke else ""), result, markdown(result))
+
+
+def write_results(out: Path, name: str, result: dict[str, Any], table: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    (out / f"{name}.json").write_text(json.dumps({"when": stamp, **result}, indent=1) + "\n")
+    (out / f"{name}.md").write_text(f"# {name} ({stamp}, {os.cpu_count()} cores)\n\n{table}\n")
 
 
 if __name__ == "__main__":

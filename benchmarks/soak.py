@@ -192,11 +192,16 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=None)
     parser.add_argument("--workers", type=int, default=6)
     parser.add_argument("--budget", default="40MiB")
+    parser.add_argument("--out", type=Path, help="write soak.json and soak.md into this directory")
     args = parser.parse_args()
     seconds = args.seconds if args.seconds is not None else (args.minutes or 1) * 60
     result = run(seconds, args.workers, args.budget)
     print(json.dumps(result, indent=1))
     print(markdown(result))
+    if args.out:
+        from benchmarks.eviction_bench import write_results
+
+        write_results(args.out, "soak", result, markdown(result))
     sys.exit(1 if result["errors"] else 0)
 
 

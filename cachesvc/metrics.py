@@ -76,7 +76,7 @@ class Metrics:
                                     "Blob and manifest lookups by where they were answered: local (this disk), "
                                     "shared (the object store behind --remote) or miss", ["kind", "tier"],
                                     registry=r)
-        self._tier_children: dict[tuple[str, str], Any] = {}
+        self._lookup_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
         self.remote_queue_depth = Gauge("cachesvc_remote_queue_depth",
                                         "Write-behind entries waiting for upload to the shared tier", registry=r)
         self.remote_queue_lag = Gauge("cachesvc_remote_queue_lag_seconds",
@@ -92,12 +92,15 @@ class Metrics:
                                       "Reads from the shared tier on local misses, by kind and outcome (ok, "
                                       "missing, incomplete, corrupt, unavailable)", ["kind", "result"], registry=r)
 
-    def tier_lookup(self, kind: str, tier: str) -> None:
-        """Count a lookup by tier (label children cached: this runs on every HEAD and GET)."""
-        child = self._tier_children.get((kind, tier))
-        if child is None:
-            child = self._tier_children[(kind, tier)] = self.tier_lookups.labels(kind, tier)
-        child.inc()
+    def lookup(self, kind: str, result: str, tier: str) -> None:
+        """Count a blob or manifest lookup by result and by tier (label children cached: this runs on every
+        HEAD and GET, and ``labels()`` costs more than the increment)."""
+        children = self._lookup_children.get((kind, result, tier))
+        if children is None:
+            children = self._lookup_children[(kind, result, tier)] = (
+                self.lookups.labels(kind, result), self.tier_lookups.labels(kind, tier))
+        children[0].inc()
+        children[1].inc()
 
 
 class TrafficCollector:

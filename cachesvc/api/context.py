@@ -39,8 +39,7 @@ class Registry:
         """Count a blob or manifest lookup as a cache hit or miss (metrics, traffic table, access log); ``tier``
         says where a hit was answered from (``local`` or ``shared``)."""
         result = "hit" if hit else "miss"
-        self.metrics.lookups.labels(kind, result).inc()
-        self.metrics.tier_lookup(kind, tier if hit else "miss")
+        self.metrics.lookup(kind, result, tier if hit else "miss")
         self.traffic.record(repo, hit)
         request[CACHE_RESULT] = result
 

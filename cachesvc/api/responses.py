@@ -183,7 +183,8 @@ class DecompressingResponse(web.StreamResponse):
         sent = 0
         try:
             while ahead:
-                piece = await ahead[0]
+                # shielded: a client that goes away cancels this task, not the read a worker is doing on the fd
+                piece = await asyncio.shield(ahead[0])
                 ahead.popleft()
                 submit()
                 await writer.write(piece)

@@ -321,3 +321,24 @@ def test_multi_threaded_compression_gives_the_same_file(make_threaded: Callable[
     s.drain()
     assert Path(s.store.files.zpath(d)).read_bytes() == compress_bytes(big_tar)
     assert s.get_blob("cache/app", d)[2] == big_tar
+
+
+def test_clients_that_hang_up_mid_stream_leak_nothing(range_server: ThreadedServer, stored_big: str,
+                                                      big_tar: bytes) -> None:
+    import socket
+
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    range_server.get_blob("cache/big", stored_big)  # warm up the worker threads
+    before = open_fds()
+    for _ in range(5):
+        with socket.create_connection(("127.0.0.1", range_server.port)) as sock:
+            sock.sendall(f"GET /v2/cache/big/blobs/{stored_big} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            assert sock.recv(1000)
+    deadline = time.monotonic() + 10
+    while open_fds() > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert open_fds() <= before
+    status, _, body = range_server.get_blob("cache/big", stored_big)
+    assert status == 200 and body == big_tar

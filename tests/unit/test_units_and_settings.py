@@ -68,3 +68,15 @@ def test_cli_bad_flag_is_one_line_and_nonzero(tmp_path: Path) -> None:
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "flag --max-size" in r.stderr
+
+
+def test_readme_documents_every_knob() -> None:
+    from dataclasses import fields
+
+    from cachesvc.settings import env_name, flag_name
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    missing = [f.name for f in fields(Settings)
+               if f"`{flag_name(f.name)}" not in table or f"`{env_name(f.name)}`" not in table]
+    assert not missing, f"README's configuration table lacks: {missing}"
