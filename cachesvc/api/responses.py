@@ -58,10 +58,11 @@ def _sendfile_loop(sock_fd: int, fd: int, offset: int, count: int, stop: threadi
     return sent
 
 
-class BlobResponse(web.StreamResponse):
-    """A 200 or 206 response whose body is ``count`` bytes of an open file from ``offset``.
+class FileBodyResponse(web.StreamResponse):
+    """A 200 or 206 whose body is ``count`` bytes from ``offset`` of an open file it owns.
 
-    The response owns ``fd`` and closes it when done, however the response ends.
+    The body is written during ``prepare`` by :meth:`_stream` (one implementation per way of sending); the file
+    descriptor is closed when the response ends, however it ends.
     """
 
     def __init__(self, fd: int, offset: int, count: int, *, status: int = 200,
@@ -86,17 +87,27 @@ class BlobResponse(web.StreamResponse):
             assert writer is not None
             if request.method == "HEAD" or self._count == 0:
                 return writer
-            if self._count <= INLINE_LIMIT:
-                data = os.pread(self._fd, self._count, self._offset)
-                if len(data) != self._count:
-                    raise ConnectionResetError("blob file shorter than expected")
-                await writer.write(data)
-            else:
-                await self._sendfile(request)
+            await self._stream(request, writer)
             await super().write_eof()
             return writer
         finally:
             self.close_file()
+
+    async def _stream(self, request: BaseRequest, writer: AbstractStreamWriter) -> None:
+        raise NotImplementedError
+
+
+class BlobResponse(FileBodyResponse):
+    """A plain blob file's bytes: one pread for tiny bodies, zero-copy sendfile otherwise."""
+
+    async def _stream(self, request: BaseRequest, writer: AbstractStreamWriter) -> None:
+        if self._count <= INLINE_LIMIT:
+            data = os.pread(self._fd, self._count, self._offset)
+            if len(data) != self._count:
+                raise ConnectionResetError("blob file shorter than expected")
+            await writer.write(data)
+        else:
+            await self._sendfile(request)
 
     async def _sendfile(self, request: BaseRequest) -> None:
         transport = request.transport
@@ -128,7 +139,7 @@ _zstd_pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="cachesvc-zst
 DECOMPRESS_AHEAD = max(2, min(4, os.cpu_count() or 2))
 
 
-class DecompressingResponse(web.StreamResponse):
+class DecompressingResponse(FileBodyResponse):
     """A 200 or 206 whose body is ``count`` bytes from ``offset`` of a blob compressed at rest (seekable zstd).
 
     Only the frames covering the range are read. Worker threads decompress the next frames (in parallel) while
@@ -139,35 +150,11 @@ class DecompressingResponse(web.StreamResponse):
 
     def __init__(self, fd: int, offset: int, count: int, *, status: int = 200,
                  headers: dict[str, str] | None = None, on_sent: Callable[[int], object] | None = None) -> None:
-        super().__init__(status=status, headers=headers)
-        self._fd = fd
-        self._offset = offset
-        self._count = count
+        super().__init__(fd, offset, count, status=status, headers=headers)
         self._on_sent = on_sent
-        self.content_length = count
         self._reader = SeekableReader(fd)  # the seek table (two small preads): SeekableError before any byte
 
-    def close_file(self) -> None:
-        if self._fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
-            self._fd = -1
-
-    async def prepare(self, request: BaseRequest) -> AbstractStreamWriter | None:
-        if self.prepared:
-            return await super().prepare(request)
-        try:
-            writer = await super().prepare(request)
-            assert writer is not None
-            if request.method == "HEAD" or self._count == 0:
-                return writer
-            await self._stream(writer)
-            await super().write_eof()
-            return writer
-        finally:
-            self.close_file()
-
-    async def _stream(self, writer: AbstractStreamWriter) -> None:
+    async def _stream(self, request: BaseRequest, writer: AbstractStreamWriter) -> None:
         loop = asyncio.get_running_loop()
         reader = self._reader
         plan = iter(reader.plan(self._offset, self._count))

@@ -22,10 +22,10 @@ import os
 import uuid
 from typing import TYPE_CHECKING
 
-from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.web_request import BaseRequest
 
+from cachesvc.api.responses import FileBodyResponse
 from cachesvc.remote import keys
 from cachesvc.remote.objects import RemoteUnavailable
 
@@ -148,39 +148,15 @@ class BlobFetch:
             raise FetchFailed(self.error)
 
 
-class FetchResponse(web.StreamResponse):
+class FetchResponse(FileBodyResponse):
     """A 200 or 206 streaming ``count`` bytes from ``offset`` of a blob while it is being fetched."""
 
     def __init__(self, fetch: BlobFetch, fd: int, offset: int, count: int, *, status: int = 200,
                  headers: dict[str, str] | None = None) -> None:
-        super().__init__(status=status, headers=headers)
+        super().__init__(fd, offset, count, status=status, headers=headers)
         self.fetch = fetch
-        self._fd = fd
-        self._offset = offset
-        self._count = count
-        self.content_length = count
 
-    def close_file(self) -> None:
-        if self._fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
-            self._fd = -1
-
-    async def prepare(self, request: BaseRequest) -> AbstractStreamWriter | None:
-        if self.prepared:
-            return await super().prepare(request)
-        try:
-            writer = await super().prepare(request)
-            assert writer is not None
-            if request.method == "HEAD" or self._count == 0:
-                return writer
-            await self._stream(writer)
-            await super().write_eof()
-            return writer
-        finally:
-            self.close_file()
-
-    async def _stream(self, writer: AbstractStreamWriter) -> None:
+    async def _stream(self, request: BaseRequest, writer: AbstractStreamWriter) -> None:
         """Send bytes as they arrive, but hold the last byte until the whole blob matched its digest: a client
         never receives a complete body that did not verify."""
         fetch = self.fetch

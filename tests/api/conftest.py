@@ -1,33 +1,12 @@
-"""Fixtures for API tests: an in-process server on a real socket with a real RocksDB and real files."""
+"""Fixtures for API tests: an in-process server with default settings (``make_server`` for others)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 import pytest
 
-from tests.support.inproc import Clock, Running
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-async def make_server(tmp_path: Path, clock: Clock) -> AsyncIterator[Callable[..., Awaitable[Running]]]:
-    started: list[Running] = []
-
-    async def make(**overrides: Any) -> Running:
-        r = await Running(tmp_path / f"root{len(started)}", clock, **overrides).start()
-        started.append(r)
-        return r
-
-    yield make
-    for r in started:
-        await r.stop()
+from tests.support.inproc import Running
 
 
 @pytest.fixture

@@ -6,15 +6,14 @@ the same way.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from cachesvc.auth.credentials import hash_password, token_hash
 from cachesvc.auth.headers import encode_basic
-from tests.support.inproc import Clock, Running
+from tests.support.inproc import Running
 
 PASSWORDS = {"alice": "alice-secret", "bob": "bob-secret", "ops": "ops-secret", "pusher": "pusher-secret"}
 STATIC_TOKENS = {"prom": "cst_prometheus-token-0123456789", "ci": "cst_ci-token-abcdefghijklmnop"}
@@ -83,25 +82,6 @@ def auth_file_anonymous(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("auth-anon") / "auth.toml"
     path.write_text(auth_toml(anonymous=True))
     return path
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-async def make_server(tmp_path: Path, clock: Clock) -> AsyncIterator[Callable[..., Awaitable[Running]]]:
-    started: list[Running] = []
-
-    async def make(**overrides: Any) -> Running:
-        r = await Running(tmp_path / f"root{len(started)}", clock, **overrides).start()
-        started.append(r)
-        return r
-
-    yield make
-    for r in started:
-        await r.stop()
 
 
 @pytest.fixture
