@@ -99,10 +99,11 @@ def pct(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, int(p / 100 * len(xs)))] if xs else float("nan")
 
 
-def run(smoke: bool = False, progress: Any = None) -> dict[str, Any]:
+def run(smoke: bool = False, progress: Any = None, roots: int | None = None,
+        victims: int | None = None) -> dict[str, Any]:
     progress = progress or (lambda m: print(m, file=sys.stderr, flush=True))
-    roots = 1000 if smoke else 50_000
-    victims = 200 if smoke else 10_000
+    roots = roots or (1000 if smoke else 50_000)
+    victims = victims or (200 if smoke else 10_000)
     work = Path(tempfile.mkdtemp(prefix="cachesvc-evict-bench-", dir=os.environ.get("BENCH_DIR")))
     try:
         root = work / "root"
@@ -127,7 +128,7 @@ def run(smoke: bool = False, progress: Any = None) -> dict[str, Any]:
                           extra_args=["--upload-grace", "0s", "--max-size", str(budget)])
         server.start()
         pid = server.proc.pid if server.proc else 0
-        during = asyncio.run(head_latencies(server.url, path, 12 if smoke else 60))
+        during = asyncio.run(head_latencies(server.url, path, 12 if smoke else min(60, 6 + victims // 200)))
         rss_serving = rss_mib(pid)
         # The eviction pass logs its own duration; wait for it if the HEAD window ended first.
         deadline = time.time() + 600
@@ -179,8 +180,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--out", type=Path, help="write eviction[-smoke].json and .md into this directory")
+    parser.add_argument("--roots", type=int, help="roots in the index (20 blobs each)")
+    parser.add_argument("--victims", type=int, help="roots to evict")
     args = parser.parse_args()
-    result = run(args.smoke)
+    result = run(args.smoke, roots=args.roots, victims=args.victims)
     print(json.dumps(result, indent=1))
     print(markdown(result))
     if args.out:

@@ -146,6 +146,8 @@ class Settings:
                                   _choice("auto", "off"), metavar="MODE")
     auth_file: Path | None = _knob(None, "credentials file (TOML): users, static tokens and their permissions; "
                                    "turns authentication on", _optional_path, metavar="FILE")
+    verify_on_read: bool = _knob(False, "re-hash every blob while it is served; on a mismatch the response is "
+                                 "aborted before its last byte and the blob quarantined", _bool)
     allow_anonymous: bool = _knob(False, "serve a non-loopback --listen without --auth-file (anyone who can reach "
                                   "it may read and write)", _bool)
     auth_challenge: str = _knob("bearer", "what a 401 offers: bearer (the token flow) or basic",

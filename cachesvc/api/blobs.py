@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 from aiohttp.web_request import BaseRequest
 
@@ -9,7 +11,8 @@ from cachesvc.api.context import Registry
 from cachesvc.api.errors import RegistryError
 from cachesvc.api.names import parse_digest, parse_name
 from cachesvc.api.ranges import parse_range
-from cachesvc.api.responses import BlobResponse, DecompressingResponse
+from cachesvc.api.responses import BlobResponse, DecompressingResponse, Verification, VerifyingBlobResponse
+from cachesvc.store.fsck import content_hex
 from cachesvc.store.seekable import SeekableError
 
 
@@ -59,17 +62,43 @@ async def get_blob(reg: Registry, request: BaseRequest, p: dict[str, str]) -> we
     offset, count, status = (0, size, 200) if span is None else (*span, 206)
     if span is not None:
         headers["Content-Range"] = f"bytes {offset}-{offset + count - 1}/{size}"
+    verification = None
+    if reg.settings.verify_on_read:
+        if span is not None and not await _verify_whole(reg, digest):  # a range: check the whole blob first
+            BlobResponse(fd, 0, 0).close_file()
+            raise RegistryError("BLOB_UNKNOWN", {"digest": digest})
+        if span is None:
+            verification = Verification(digest, lambda actual: _quarantine(reg, digest, actual))
     reg.served(repo, count)
     if compressed:  # stored zstd-compressed at rest: stream the original bytes (the same digest and size)
         try:
             return DecompressingResponse(fd, offset, count, status=status, headers=headers,
-                                         on_sent=reg.metrics.decompressed_bytes.inc)
+                                         on_sent=reg.metrics.decompressed_bytes.inc, verification=verification)
         except SeekableError:  # a damaged file: like a missing one, a clean miss for everything that needs it
             BlobResponse(fd, 0, 0).close_file()
             reg.store.files.quarantine(digest)
             reg.store.lose_blob(digest, "compressed file damaged")
             raise RegistryError("BLOB_UNKNOWN", {"digest": digest}) from None
+    if verification is not None:
+        return VerifyingBlobResponse(fd, size, verification, headers=headers)
     return BlobResponse(fd, offset, count, status=status, headers=headers)
+
+
+def _quarantine(reg: Registry, digest: str, actual: str) -> None:
+    """``--verify-on-read`` found a blob whose bytes no longer match its digest: out of service for good."""
+    reg.store.files.quarantine(digest)
+    reg.store.lose_blob(digest, f"failed verification on read (content hashes to {actual})")
+
+
+async def _verify_whole(reg: Registry, digest: str) -> bool:
+    """Before answering a range with ``--verify-on-read``: hash the whole blob (ranges cannot be checked)."""
+    algorithm = digest.partition(":")[0]
+    actual = await asyncio.get_running_loop().run_in_executor(None, content_hex, reg.store.files, digest,
+                                                              algorithm)
+    if actual is None or actual == digest.partition(":")[2]:
+        return actual is not None
+    _quarantine(reg, digest, actual)
+    return False
 
 
 async def delete_blob(reg: Registry, request: BaseRequest, p: dict[str, str]) -> web.StreamResponse:

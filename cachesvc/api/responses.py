@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import hashlib
 import os
 import select
 import threading
@@ -133,6 +134,60 @@ class BlobResponse(FileBodyResponse):
             raise
 
 
+class Verification:
+    """``--verify-on-read``: the running digest of a body being sent, checked before its last byte goes out.
+
+    On a mismatch ``on_mismatch`` runs (quarantine the blob, drop what needs it) and the response is aborted, so
+    the client sees a truncated transfer (an error it retries), never a complete body with the wrong content.
+    """
+
+    def __init__(self, digest: str, on_mismatch: Callable[[str], object]) -> None:
+        self.digest = digest
+        algorithm, _, self.expected = digest.partition(":")
+        self.hasher = hashlib.new(algorithm)
+        self.on_mismatch = on_mismatch
+
+    def check(self) -> None:
+        actual = self.hasher.hexdigest()
+        if actual != self.expected:
+            self.on_mismatch(actual)
+            raise ConnectionAbortedError(f"blob {self.digest} failed verification on read")
+
+
+VERIFY_CHUNK = 1024 * 1024
+
+
+class VerifyingBlobResponse(FileBodyResponse):
+    """A whole plain blob read, hashed and sent in chunks (no sendfile: every byte passes the hash); the last
+    chunk is held back until the digest matched."""
+
+    def __init__(self, fd: int, size: int, verification: Verification, *,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(fd, 0, size, headers=headers)
+        self.verification = verification
+
+    def _read(self, offset: int) -> bytes:
+        data = os.pread(self._fd, min(VERIFY_CHUNK, self._count - offset), offset)
+        if not data:
+            raise ConnectionResetError("blob file shorter than expected")
+        self.verification.hasher.update(data)
+        return data
+
+    async def _stream(self, request: BaseRequest, writer: AbstractStreamWriter) -> None:
+        loop = asyncio.get_running_loop()
+        offset = 0
+        held: bytes | None = None
+        while offset < self._count:
+            data = await loop.run_in_executor(None, self._read, offset)
+            offset += len(data)
+            if held is not None:
+                await writer.write(held)
+            held = data
+        self.verification.check()
+        if held is not None:
+            await writer.write(held)
+
+
 _zstd_pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="cachesvc-zstd")
 # Frames decompressed in parallel ahead of the one being sent: one stream can then use more than one core for
 # zstd (memory: about DECOMPRESS_AHEAD + 1 frames of 2 MiB per response).
@@ -149,9 +204,11 @@ class DecompressingResponse(FileBodyResponse):
     """
 
     def __init__(self, fd: int, offset: int, count: int, *, status: int = 200,
-                 headers: dict[str, str] | None = None, on_sent: Callable[[int], object] | None = None) -> None:
+                 headers: dict[str, str] | None = None, on_sent: Callable[[int], object] | None = None,
+                 verification: Verification | None = None) -> None:
         super().__init__(fd, offset, count, status=status, headers=headers)
         self._on_sent = on_sent
+        self._verification = verification  # only for a whole-blob body
         self._reader = SeekableReader(fd)  # the seek table (two small preads): SeekableError before any byte
 
     async def _stream(self, request: BaseRequest, writer: AbstractStreamWriter) -> None:
@@ -168,14 +225,28 @@ class DecompressingResponse(FileBodyResponse):
         for _ in range(DECOMPRESS_AHEAD):
             submit()
         sent = 0
+        verification = self._verification
+        held: memoryview | None = None
         try:
             while ahead:
                 # shielded: a client that goes away cancels this task, not the read a worker is doing on the fd
                 piece = await asyncio.shield(ahead[0])
                 ahead.popleft()
                 submit()
-                await writer.write(piece)
-                sent += len(piece)
+                if verification is None:
+                    await writer.write(piece)
+                    sent += len(piece)
+                    continue
+                verification.hasher.update(piece)
+                if held is not None:
+                    await writer.write(held)
+                    sent += len(held)
+                held = piece
+            if verification is not None:
+                verification.check()
+                if held is not None:
+                    await writer.write(held)
+                    sent += len(held)
         finally:
             if ahead:
                 # Workers may still read the file: it is closed once they are all done with it.

@@ -39,7 +39,6 @@ log = logging.getLogger("cachesvc.eviction")
 
 PASS_INTERVAL = 5.0  # seconds between background passes (an upload over budget wakes the evictor at once)
 INDEX_RESERVE = 64 * 1024 * 1024  # free space always kept for the index (at most 5 % of a small filesystem)
-YIELD_EVERY = 0.002  # seconds of eviction work between yields to the event loop
 
 
 @dataclass
@@ -237,15 +236,12 @@ class Evictor:
     async def _evict(self, candidates: Iterator[tuple[int, str, str]], satisfied: Callable[[], bool],
                      reason: str) -> list[Eviction]:
         done = []
-        slice_start = time.perf_counter()
         for t, repo, digest in candidates:
             if satisfied():
                 break
             if (ev := self.evict_root(repo, digest, t, reason)) is not None:
                 done.append(ev)
-            if time.perf_counter() - slice_start > YIELD_EVERY:
-                await asyncio.sleep(0)
-                slice_start = time.perf_counter()
+                await asyncio.sleep(0)  # one root at a time: requests waiting meanwhile are served in between
         return done
 
     @staticmethod

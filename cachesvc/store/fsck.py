@@ -43,7 +43,7 @@ class FsckReport:
     problems: list[dict[str, str]] = field(default_factory=list)
 
 
-def _hash(files: Any, digest: str, algorithm: str) -> str | None:
+def content_hex(files: Any, digest: str, algorithm: str) -> str | None:
     """Hex digest of the blob's content (decompressed if compressed at rest); None when no file is there."""
     h = hashlib.new(algorithm)
     try:
@@ -69,7 +69,7 @@ async def fsck(store: Any, *, repair: bool, emit: Emit) -> FsckReport:
     digests = [(k.decode(), BlobRecord.decode(v)) for k, v in index.scan("blobs")]
     for digest, rec in digests:
         algorithm, _, hex_digest = digest.partition(":")
-        actual = await loop.run_in_executor(None, _hash, files, digest, algorithm)
+        actual = await loop.run_in_executor(None, content_hex, files, digest, algorithm)
         report.blobs += 1
         report.bytes += rec.size
         if index.blob(digest) is None:  # evicted while we were hashing

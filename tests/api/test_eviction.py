@@ -5,6 +5,7 @@ The clock is injected, so every scenario is deterministic: time moves only when 
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 from tests.support.inproc import Running, error_code, image_manifest, sha256
@@ -208,3 +209,27 @@ async def test_min_free(make_server, clock) -> None:
     assert ev.free_bytes() >= 10**9 - 70 * KB
     assert await served_whole(reg, "cache/app", "t3")
     assert not await served_whole(reg, "cache/app", "t0")
+
+
+async def test_blob_being_streamed_when_evicted_finishes_streaming(make_server, clock) -> None:
+    import hashlib
+
+    reg = await make_server(upload_grace=0)
+    layer = os.urandom(20 * 1024 * 1024)
+    await reg.push_image("cache/app", "old", [layer])
+    async with reg.http.get(f"/v2/cache/app/blobs/{sha256(layer)}") as r:
+        assert r.status == 200
+        h = hashlib.sha256(await r.content.readexactly(1024 * 1024))
+        clock.advance(60)
+        digest = reg.store.index.tag("cache/app", "old")
+        rec = reg.store.index.manifest("cache/app", digest) if digest else None
+        assert digest and rec
+        evicted = reg.store.evictor.evict_root("cache/app", digest, rec.last_used, "manual")
+        assert evicted is not None and evicted.blobs == 2
+        await asyncio.get_running_loop().run_in_executor(None, reg.store.files.empty_trash)
+        assert not os.path.exists(reg.store.files.path(sha256(layer)))  # gone from disk's namespace...
+        async for chunk in r.content.iter_chunked(1 << 20):
+            h.update(chunk)
+    assert "sha256:" + h.hexdigest() == sha256(layer)  # ...but the client got every byte
+    async with reg.http.head(f"/v2/cache/app/blobs/{sha256(layer)}") as r:
+        assert r.status == 404

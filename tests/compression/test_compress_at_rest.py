@@ -342,3 +342,27 @@ def test_clients_that_hang_up_mid_stream_leak_nothing(range_server: ThreadedServ
     assert open_fds() <= before
     status, _, body = range_server.get_blob("cache/big", stored_big)
     assert status == 200 and body == big_tar
+
+
+def test_verify_on_read_checks_the_decompressed_bytes(make_threaded: Callable[..., ThreadedServer],
+                                                      small_tar: bytes, config: bytes) -> None:
+    """A compressed file that decompresses cleanly to the wrong bytes (frame checksums cannot see that) is
+    cut off before its last byte and quarantined, with --verify-on-read."""
+    import http.client
+
+    from cachesvc.store.seekable import compress_bytes
+
+    s = make_threaded(verify_on_read=True)
+    s.push_image("cache/app", "main", [small_tar], config)
+    s.drain()
+    d = sha256(small_tar)
+    assert s.forms(d) == (False, True)
+    status, _, body = s.get_blob("cache/app", d)
+    assert status == 200 and body == small_tar  # whole and verified
+    wrong = bytearray(small_tar)
+    wrong[len(wrong) - 10] ^= 0x01
+    Path(s.store.files.zpath(d)).write_bytes(compress_bytes(bytes(wrong)))
+    with pytest.raises((http.client.IncompleteRead, ConnectionError)):
+        s.get_blob("cache/app", d)
+    assert (s.root / "quarantine").exists() and any((s.root / "quarantine").iterdir())
+    assert s.request("GET", "/v2/cache/app/manifests/main")[0] == 404

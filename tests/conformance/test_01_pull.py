@@ -107,7 +107,8 @@ def test_setup_populate_registry_with_test_manifest_by_digest(client: RegistryCl
 def test_setup_get_tag_name_from_environment() -> None:
     """With setup disabled by OCI_TAG_NAME/OCI_MANIFEST_DIGEST/OCI_BLOB_DIGEST, pull that tag."""
     skip_if_disabled(PULL)
-    run_only_if_not(SETTINGS.run_pull_setup)
+    run_only_if_not(SETTINGS.run_pull_setup, "runs only against pre-existing content named by OCI_TAG_NAME, "
+                    "OCI_MANIFEST_DIGEST and OCI_BLOB_DIGEST; this run pushes its own")
     tmp = os.environ.get(ENV_TAG_NAME, "")
     if tmp:
         state.tag = tmp

@@ -119,7 +119,8 @@ def test_setup_populate_registry_with_test_tags(client: RegistryClient) -> None:
 def test_setup_populate_registry_with_test_tags_no_push() -> None:
     """With OCI_TAG_LIST set, take the tags from it instead of pushing."""
     skip_if_disabled(CONTENT_DISCOVERY)
-    run_only_if_not(SETTINGS.run_content_discovery_setup)
+    run_only_if_not(SETTINGS.run_content_discovery_setup, "runs only against a pre-existing tag list named by "
+                    "OCI_TAG_LIST; this run pushes its own tags")
     state.tag_list = os.environ.get(ENV_TAG_LIST, "").split(",")
 
 
