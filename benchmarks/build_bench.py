@@ -571,16 +571,11 @@ def versions() -> dict[str, str]:
 
 
 def machine(workdir: Path) -> dict[str, Any]:
-    model = "unknown CPU"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    with open("/proc/meminfo") as f:
-        mem_kib = int(f.readline().split()[1])
-    return {"cpus": os.cpu_count(), "cpu_model": model, "memory_gib": round(mem_kib / 2**20, 1),
-            "kernel": platform.release(), "loadavg_before": os.getloadavg()[0], "workdir": str(workdir)}
+    """The machine facts the registry benchmark records, plus the load average just before."""
+    from benchmarks.run import machine as registry_machine
+
+    facts = registry_machine(workdir)
+    return {**facts, "loadavg_before": os.getloadavg()[0], "workdir": str(workdir)}
 
 
 class Stamp:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks.netns import REMOTE_ADDR, NetnsPair
-from tests.support.clients import ContainersConfig, tool_path
+from tests.support.clients import ContainersConfig, _mounts_under, tool_path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = REPO_ROOT / "builder-image" / "launch.sh"
@@ -88,14 +88,8 @@ def run_timed(args: Sequence[str], *, env: dict[str, str] | None = None,
 
 
 def mounts_under(path: Path) -> list[str]:
-    prefix = str(Path(path).resolve())
-    found: list[str] = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            mountpoint = line.split()[4].replace("\\040", " ")
-            if mountpoint == prefix or mountpoint.startswith(prefix + "/"):
-                found.append(mountpoint)
-    return found
+    """Mount points at or below ``path`` (the same reading the test harness does)."""
+    return _mounts_under(path)
 
 
 def unmount_under(path: Path, *, include_self: bool = False) -> None:
