@@ -3,9 +3,13 @@
 Reports start-up time and resident memory of a server opening that store, the time to pick and evict 10,000
 victim roots (and the blobs only they held), and HEAD latency while that eviction runs against idle latency.
 The index is filled through the store's own code paths (``Index.add_blob`` / ``Index.put_manifest``) with
-real (empty) blob files, so eviction renames and unlinks real files.
+real (empty) blob files, so eviction unlinks real files; compression at rest is off (the files are empty).
 
-``python -m benchmarks.eviction_bench [--smoke]`` prints a Markdown table; ``run(smoke)`` returns the figures.
+Latency is probed at a fixed rate (500 HEAD/s, open loop, 32 connections), from when each request was due, and
+only the requests due while the eviction pass ran count as "during eviction" (the pass logs its own span).
+
+``python -m benchmarks.eviction_bench [--smoke] [--keep-fill DIR]`` prints a Markdown table; ``run(smoke)``
+returns the figures. ``--keep-fill`` fills once (minutes at full size) and evicts a hard-linked copy per run.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import os
 import re
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -76,22 +81,85 @@ def usage(url: str) -> dict[str, Any]:
         return json.load(r)
 
 
-async def head_latencies(url: str, path: str, seconds: float, concurrency: int = 4) -> list[float]:
-    """HEAD one blob over and over from a few keep-alive connections; per-request latency in ms."""
+PROBE_RATE = 500  # HEAD requests per second while latency is measured (idle and during eviction)
+
+
+async def head_latencies(url: str, path: str, seconds: float, rate: float = PROBE_RATE, concurrency: int = 32,
+                         stop: Any = None) -> list[tuple[float, float]]:
+    """HEAD one blob at a fixed rate (open loop), for ``seconds`` or until ``stop()`` (polled) is true, from
+    enough keep-alive connections that one slow answer does not hold the next request back. Returns
+    ``(wall-clock time due, latency ms)`` per request; latency runs from when the request was due, so time spent
+    queued behind a stalled server counts.
+
+    A fixed rate, not a closed loop as fast as possible: a saturating closed loop measures throughput (every
+    request queues behind the previous one), while builders send a few hundred requests a second at most."""
     import aiohttp
 
-    out: list[float] = []
-    deadline = time.perf_counter() + seconds
+    out: list[tuple[float, float]] = []
+    interval = concurrency / rate
+    start = time.perf_counter() + 0.05
+    offset = time.time() - time.perf_counter()
+    ended = asyncio.Event()
+
+    async def watch() -> None:
+        while stop is not None and not ended.is_set():
+            if await asyncio.to_thread(stop):
+                ended.set()
+            await asyncio.sleep(0.25)
+
     async with aiohttp.ClientSession(url) as s:
-        async def worker() -> None:
-            while time.perf_counter() < deadline:
-                t = time.perf_counter()
+        async def worker(first: float) -> None:
+            due = start + first
+            while due < start + seconds and not ended.is_set():
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
                 async with s.head(path) as r:
                     assert r.status == 200, r.status
-                out.append((time.perf_counter() - t) * 1000)
+                out.append((due + offset, (time.perf_counter() - due) * 1000))
+                due += interval
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        watcher = asyncio.create_task(watch())
+        await asyncio.gather(*(worker(i * interval / concurrency) for i in range(concurrency)))
+        ended.set()
+        await watcher
     return out
+
+
+PASS_LINE = re.compile(r"^(\S+) INFO cachesvc\.eviction eviction pass: (\d+) roots, (\d+) bytes in ([\d.]+)s", re.M)
+
+
+class PassWatcher:
+    """Reads only what the server log gained since the last look, so polling it costs nothing noticeable (a
+    regex over the whole, growing log would stall the probing client itself)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = path.stat().st_size if path.exists() else 0
+        self.tail = ""
+        self.found: tuple[float, float, int] | None = None
+
+    def __call__(self) -> bool:
+        if self.found is None:
+            with open(self.path, encoding="utf-8", errors="replace") as f:
+                f.seek(self.offset)
+                new = f.read()
+                self.offset = f.tell()
+            lines = (self.tail + new).split("\n")
+            self.tail = lines.pop()
+            self.found = eviction_pass("\n".join(line for line in lines if "eviction pass:" in line))
+        return self.found is not None
+
+
+def eviction_pass(log_text: str) -> tuple[float, float, int] | None:
+    """``(start, end, roots)`` of the first eviction pass in a server log (wall-clock seconds)."""
+    import datetime
+
+    m = PASS_LINE.search(log_text)
+    if not m:
+        return None
+    end = datetime.datetime.fromisoformat(m.group(1).replace("Z", "+00:00")).timestamp()
+    return end - float(m.group(4)), end, int(m.group(2))
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -99,18 +167,36 @@ def pct(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, int(p / 100 * len(xs)))] if xs else float("nan")
 
 
+def copy_store(src: Path, dest: Path) -> None:
+    """A private copy of a filled store: the index copied, blob files hard-linked (eviction unlinks names,
+    never changes a file, so the kept fill stays intact)."""
+    dest.mkdir(parents=True)
+    for entry in os.listdir(src):
+        mode = "-al" if entry == "blobs" else "-a"
+        subprocess.run(["cp", mode, str(src / entry), str(dest / entry)], check=True)
+
+
 def run(smoke: bool = False, progress: Any = None, roots: int | None = None,
-        victims: int | None = None) -> dict[str, Any]:
+        victims: int | None = None, keep_fill: Path | None = None) -> dict[str, Any]:
     progress = progress or (lambda m: print(m, file=sys.stderr, flush=True))
     roots = roots or (1000 if smoke else 50_000)
     victims = victims or (200 if smoke else 10_000)
     work = Path(tempfile.mkdtemp(prefix="cachesvc-evict-bench-", dir=os.environ.get("BENCH_DIR")))
     try:
         root = work / "root"
-        nblobs, fill_s = fill(root, roots, progress)
+        if keep_fill is None:
+            nblobs, fill_s = fill(root, roots, progress)
+        else:  # fill once into keep_fill (reused by later runs with the same --roots), evict a copy
+            kept = keep_fill / f"roots-{roots}"
+            if not (kept / "STORE").exists():
+                shutil.rmtree(kept, ignore_errors=True)
+                nblobs, fill_s = fill(kept, roots, progress)
+                (kept / "fill.json").write_text(json.dumps({"blobs": nblobs, "seconds": fill_s}))
+            nblobs, fill_s = json.loads((kept / "fill.json").read_text()).values()
+            copy_store(kept, root)
         progress(f"filled {nblobs} blobs / {roots} roots in {fill_s:.0f}s")
         # Start-up: process start to serving, on the full index.
-        server = Cachesvc(root, extra_args=["--upload-grace", "0s"])
+        server = Cachesvc(root, extra_args=["--upload-grace", "0s", "--compress-at-rest", "off"])
         t0 = time.perf_counter()
         server.start()
         startup = time.perf_counter() - t0
@@ -119,30 +205,27 @@ def run(smoke: bool = False, progress: Any = None, roots: int | None = None,
         u = usage(server.url)
         probe = "sha256:" + hashlib.sha256(f"{roots - 1}/0".encode()).hexdigest()
         path = f"/v2/cache/project-{(roots - 1) % 500}/blobs/{probe}"
-        idle = asyncio.run(head_latencies(server.url, path, 3 if smoke else 8))
+        idle = [ms for _, ms in asyncio.run(head_latencies(server.url, path, 3 if smoke else 10))]
         server.stop()
         # A budget that forces out exactly the `victims` oldest roots.
         per_root = u["disk_bytes"] / roots
         budget = int((u["disk_bytes"] - victims * per_root + per_root / 2) / 0.9)
-        server = Cachesvc(root, port=server.port,
-                          extra_args=["--upload-grace", "0s", "--max-size", str(budget)])
+        server = Cachesvc(root, port=server.port, extra_args=["--upload-grace", "0s", "--compress-at-rest", "off",
+                                                              "--max-size", str(budget)])
+        watcher = PassWatcher(server.log_path)
         server.start()
         pid = server.proc.pid if server.proc else 0
-        during = asyncio.run(head_latencies(server.url, path, 12 if smoke else min(60, 6 + victims // 200)))
+        # Probe from start-up until the pass has ended, then keep the samples due while it ran.
+        samples = asyncio.run(head_latencies(server.url, path, 900, stop=watcher))
         rss_serving = rss_mib(pid)
-        # The eviction pass logs its own duration; wait for it if the HEAD window ended first.
-        deadline = time.time() + 600
-        m = None
-        while time.time() < deadline:
-            m = re.search(r"eviction pass: (\d+) roots, (\d+) bytes in ([\d.]+)s", server.log_text())
-            if m:
-                break
-            time.sleep(0.5)
+        found = watcher.found
         after = usage(server.url)
         server.stop()
-        if not m:
+        if not found:
             raise RuntimeError("no eviction pass seen in the server log")
-        evicted_roots, seconds = int(m.group(1)), float(m.group(3))
+        began, ended, evicted_roots = found
+        seconds = round(ended - began, 3)
+        during = [ms for t, ms in samples if began <= t <= ended]
         evicted_blobs = u["blobs"] - after["blobs"]
         return {
             "blobs": nblobs, "roots": roots, "fill_seconds": round(fill_s, 1),
@@ -152,8 +235,8 @@ def run(smoke: bool = False, progress: Any = None, roots: int | None = None,
             "eviction_blobs_per_s": round(evicted_blobs / seconds) if seconds else None,
             "head_idle_p50_ms": round(statistics.median(idle), 3), "head_idle_p99_ms": round(pct(idle, 99), 3),
             "head_evicting_p50_ms": round(statistics.median(during), 3),
-            "head_evicting_p99_ms": round(pct(during, 99), 3),
-            "index_bytes": u["index_bytes"],
+            "head_evicting_p99_ms": round(pct(during, 99), 3), "head_evicting_samples": len(during),
+            "index_bytes": u["index_bytes"], "probe_rate": PROBE_RATE,
         }
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -168,7 +251,8 @@ def markdown(r: dict[str, Any]) -> str:
         ("evicted", f"{r['evicted_roots']:,} roots / {r['evicted_blobs']:,} blobs in {r['eviction_seconds']} s",
          ""),
         ("eviction rate", f"{r['eviction_blobs_per_s']:,} blobs/s", ">= 5,000 blobs/s"),
-        ("HEAD p50 / p99 idle", f"{r['head_idle_p50_ms']} / {r['head_idle_p99_ms']} ms", ""),
+        ("HEAD p50 / p99 idle", f"{r['head_idle_p50_ms']} / {r['head_idle_p99_ms']} ms",
+         f"{r['probe_rate']} HEAD/s, fixed rate"),
         ("HEAD p50 / p99 during eviction", f"{r['head_evicting_p50_ms']} / {r['head_evicting_p99_ms']} ms",
          f"p99 < 2x idle ({2 * r['head_idle_p99_ms']:.3f} ms)"),
     ]
@@ -182,8 +266,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="write eviction[-smoke].json and .md into this directory")
     parser.add_argument("--roots", type=int, help="roots in the index (20 blobs each)")
     parser.add_argument("--victims", type=int, help="roots to evict")
+    parser.add_argument("--keep-fill", type=Path, help="fill the index once into this directory and evict a copy "
+                        "of it on every run (the fill takes minutes at full size)")
     args = parser.parse_args()
-    result = run(args.smoke, roots=args.roots, victims=args.victims)
+    result = run(args.smoke, roots=args.roots, victims=args.victims, keep_fill=args.keep_fill)
     print(json.dumps(result, indent=1))
     print(markdown(result))
     if args.out:

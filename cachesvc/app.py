@@ -38,6 +38,7 @@ log = logging.getLogger("cachesvc.server")
 OPERATOR_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 ADMIN_PREFIX = "/_cachesvc/api/"
 DRAIN_TIMEOUT = 20.0  # seconds SIGTERM waits for requests in flight
+SWITCH_INTERVAL = 0.0005  # seconds a thread may hold the GIL while another waits (see serve)
 COMMON_HEADERS = {"Docker-Distribution-Api-Version": "registry/2.0"}
 
 
@@ -228,6 +229,9 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None, stop:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
+    # Background threads that run Python (eviction building its batches) hold the GIL for up to the switch
+    # interval before a request waiting on the loop gets it back: 5 ms by default, half a millisecond here.
+    sys.setswitchinterval(SWITCH_INTERVAL)
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -1,7 +1,8 @@
 """Blob files: streamed in while hashed, verified, fsynced and renamed into place; opened for zero-copy serving.
 
 A file under ``blobs/`` is only ever created by an atomic rename of a fully written, fsynced and verified file,
-and only ever removed by a rename into ``trash/``; readers that already hold it open keep streaming it.
+and only removed once the index has dropped its blob (unlinked by ``reclaim.py``, or renamed into ``trash/``);
+readers that already hold it open keep streaming it.
 A blob is stored *plain* (``<hex>``) or *compressed at rest* (``<hex>.zst``, see ``compression.py``); readers try
 the plain form first, because a swap installs the compressed file before it removes the plain one.
 """

@@ -26,13 +26,16 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Literal
 
 from cachesvc.metrics import Metrics
+from cachesvc.priority import lower_this_thread
 from cachesvc.settings import Settings
-from cachesvc.store.blobs import BlobFiles
-from cachesvc.store.index import Index, Removed
+from cachesvc.store.index import Index, Mutation, Removed
 from cachesvc.store.recency import Recency
+from cachesvc.store.reclaim import Reclaimer
 from cachesvc.units import parse_size
 
 log = logging.getLogger("cachesvc.eviction")
@@ -77,11 +80,11 @@ class Plan:
 class Evictor:
     """Runs eviction passes in the background and on demand (an upload that needs room)."""
 
-    def __init__(self, settings: Settings, index: Index, files: BlobFiles, recency: Recency, metrics: Metrics,
-                 *, clock: Callable[[], float], root: str) -> None:
+    def __init__(self, settings: Settings, index: Index, reclaimer: Reclaimer, recency: Recency,
+                 metrics: Metrics, *, clock: Callable[[], float], root: str) -> None:
         self.settings = settings
         self.index = index
-        self.files = files
+        self.reclaimer = reclaimer
         self.recency = recency
         self.metrics = metrics
         self.clock = clock
@@ -90,6 +93,7 @@ class Evictor:
         self.recent: collections.deque[Eviction] = collections.deque(maxlen=200)
         self.wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._planner = ThreadPoolExecutor(1, "cachesvc-evict", initializer=lower_this_thread)
         self.last_pass = 0.0
 
     # -- measurements --------------------------------------------------------------------------------------
@@ -137,18 +141,65 @@ class Evictor:
 
         The candidate came from an ordered scan that requests may have overtaken: a root used since (even if
         that use is not flushed yet) or no longer a root is skipped, unless an operator asked for it by name."""
+        return self._apply(self._plan(repo, digest, last_used, reason), repo, digest, last_used, reason) or None
+
+    async def evict_root_off_loop(self, repo: str, digest: str, last_used: int, reason: str) -> Eviction | None:
+        """:meth:`evict_root` with the batch built (all its reads) in a worker thread, so the loop keeps serving
+        requests meanwhile; the loop only checks and writes it. A batch gone stale because something was
+        written meanwhile is built again; after a few tries the root is evicted on the loop."""
+        loop = asyncio.get_running_loop()
+        for _ in range(3):
+            planned = await loop.run_in_executor(self._planner, self._plan, repo, digest, last_used, reason)
+            done = self._apply(planned, repo, digest, last_used, reason, only_if_current=True)
+            if done is not False:
+                return done
+        return self.evict_root(repo, digest, last_used, reason)
+
+    def _apply(self, planned: tuple[Mutation, list[str]] | None, repo: str, digest: str, last_used: int,
+               reason: str, *, only_if_current: bool = False) -> Eviction | Literal[False] | None:
+        """On the loop: write a built batch. None when the root is gone or no longer wanted; False when the
+        batch went stale (``only_if_current``) and must be built again."""
+        if planned is None:
+            return None
+        m, tags = planned
+        if not self._still_wanted(repo, digest, last_used, reason, m):
+            m.discard()
+            return None
+        if only_if_current:
+            if not self.index.write_if_current(m):
+                return False
+        else:
+            self.index.write(m)
+        return self._record(m.removed, repo, digest, tags, last_used, reason)
+
+    def _plan(self, repo: str, digest: str, last_used: int, reason: str) -> tuple[Mutation, list[str]] | None:
+        """Build the root's deletion batch (reads only; any thread). None when the root is gone or moved on."""
+        writes_seen = self.index.writes  # before the first read: see Index.write_if_current
         rec = self.index.manifest(repo, digest)
         if rec is None:
             return None
-        if reason != "manual":
-            pending = self.recency.manifests.get((repo, digest), 0)
-            if rec.last_used != last_used or pending > last_used or not self.index.is_root(repo, digest, last_used):
-                return None
-        tags = self.index.tags_of(repo, digest)
-        removed = self.index.delete_manifest(repo, digest, self.recency.lease_of)
-        if removed is None:
+        if reason != "manual" and (rec.last_used != last_used or not self.index.is_root(repo, digest, last_used)):
             return None
-        self._trash(removed)
+        tags = self.index.tags_of(repo, digest)
+        m = self.index.plan_manifest_deletion(repo, digest, self.recency.lease_of)
+        if m is None:
+            return None
+        m.writes_seen = writes_seen
+        return m, tags
+
+    def _still_wanted(self, repo: str, digest: str, last_used: int, reason: str, m: Mutation) -> bool:
+        """On the loop, just before writing: a use or a lease noted in memory since the batch was built wins
+        (the use of the root itself, or a HEAD/GET of a blob the batch would drop)."""
+        if reason != "manual" and self.recency.manifests.get((repo, digest), 0) > last_used:
+            return False
+        now = self.index.now_ms()
+        if any(self.recency.lease_of(d) > now for d, _ in m.removed.blobs):
+            m.writes_seen = -1  # stale: the next build keeps the leased blob as an orphan
+        return True
+
+    def _record(self, removed: Removed, repo: str, digest: str, tags: list[str], last_used: int,
+                reason: str) -> Eviction:
+        self._reclaim(removed)
         freed = sum(size for _, _, size in removed.manifests) + sum(size for _, size in removed.blobs)
         n_blobs = len(removed.blobs)
         ev = Eviction(self.clock(), reason, repo, digest, tags, last_used / 1000, freed, n_blobs)
@@ -159,12 +210,8 @@ class Evictor:
                  reason, freed, n_blobs)
         return ev
 
-    def _trash(self, removed: Removed) -> None:
-        if not removed.blobs:
-            return
-        for digest, _ in removed.blobs:
-            self.files.to_trash(digest)
-        self.index.forget_unlink([d for d, _ in removed.blobs])
+    def _reclaim(self, removed: Removed) -> None:
+        self.reclaimer.discard(d for d, _ in removed.blobs)
 
     def sweep_orphans(self, limit: int = 100_000) -> int:
         """Drop unreferenced blobs whose grace and leases have run out."""
@@ -173,7 +220,7 @@ class Evictor:
         for key, digest in list(self._take(self.index.due_orphans(now), limit)):
             removed = self.index.drop_orphan(key, digest, self.recency.lease_of(digest))
             if removed is not None:
-                self._trash(removed)
+                self._reclaim(removed)
                 n += len(removed.blobs)
         return n
 
@@ -239,9 +286,8 @@ class Evictor:
         for t, repo, digest in candidates:
             if satisfied():
                 break
-            if (ev := self.evict_root(repo, digest, t, reason)) is not None:
+            if (ev := await self.evict_root_off_loop(repo, digest, t, reason)) is not None:
                 done.append(ev)
-                await asyncio.sleep(0)  # one root at a time: requests waiting meanwhile are served in between
         return done
 
     @staticmethod
@@ -257,7 +303,7 @@ class Evictor:
             return True
         done = await self.run_pass(need=size)
         if done:  # the space comes back only once the evicted files are really unlinked
-            await asyncio.get_running_loop().run_in_executor(None, self.files.empty_trash)
+            await self.reclaimer.drained(30)
         return not self.over_budget(size) and not self.short_of_space(size)
 
     def plan(self) -> Plan:
@@ -336,6 +382,7 @@ class Evictor:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        self._planner.shutdown(wait=True)
 
     def poke(self) -> None:
         """Something grew: let the background pass look now instead of at its next tick."""
@@ -343,7 +390,6 @@ class Evictor:
             self.wake.set()
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), PASS_INTERVAL)
@@ -352,7 +398,6 @@ class Evictor:
                 started = time.perf_counter()
                 done = await self.run_pass()
                 if done:
-                    await loop.run_in_executor(None, self.files.empty_trash)
                     log.info("eviction pass: %d roots, %d bytes in %.3fs", len(done), sum(e.bytes for e in done),
                              time.perf_counter() - started)
             except Exception:

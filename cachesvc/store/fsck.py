@@ -101,6 +101,8 @@ async def fsck(store: Any, *, repair: bool, emit: Emit) -> FsckReport:
                 compressed = entry.name.endswith(".zst")
                 digest = f"{algorithm_dir.name}:{entry.name.removesuffix('.zst')}"
                 rec = index.blob(digest)
+                if rec is None and store.reclaimer.is_pending(digest):
+                    continue  # dropped a moment ago; the reclaimer is removing it
                 if rec is None:
                     report.stray += 1
                     await problem("stray", entry.path)

@@ -40,7 +40,9 @@ A *root* is a manifest that is tagged, or that no index in its repository lists;
 ``lru`` entry, so the least recently used root is the first key of ``lru`` (O(log n), no scan), and the blobs
 that may go are the first keys of ``orphans``. Every mutation is one :class:`Mutation` written as one atomic
 RocksDB WriteBatch, with the counters in the same batch, so a crash leaves either all of it or none of it.
-Mutations run on the event-loop thread without awaiting, so they never interleave.
+Mutations are written on the event-loop thread without awaiting, so they never interleave. Eviction builds its
+batches (all reads) in a worker thread and writes one only if nothing was written since it began reading
+(``write_if_current``); otherwise it builds it again.
 """
 
 from __future__ import annotations
@@ -53,8 +55,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rocksdict import BlockBasedOptions, Cache, DBCompressionType, Options, Rdict, ReadOptions, WriteBatch, WriteOptions
+from rocksdict import (
+    BlockBasedIndexType,
+    BlockBasedOptions,
+    Cache,
+    DBCompressionType,
+    Options,
+    Rdict,
+    ReadOptions,
+    WriteBatch,
+    WriteOptions,
+)
 
+from cachesvc.priority import lower_threads_named
 from cachesvc.store.records import BlobRecord, ManifestRecord, UploadRecord
 
 SEP = b"\x00"
@@ -81,6 +94,13 @@ def _options(cache: Cache) -> Options:
     table.set_block_cache(cache)
     table.set_cache_index_and_filter_blocks(True)
     table.set_pin_l0_filter_and_index_blocks_in_cache(True)
+    # Partitioned index and filters: a 64 MiB table's index and filter are ~2 MiB each; whole, a lookup that
+    # misses the cache reads and parses them both (hundreds of microseconds, and they crowd data out of the
+    # cache). In 4 KiB partitions under a small pinned top level, a lookup loads only the partitions it needs.
+    table.set_index_type(BlockBasedIndexType.two_level_index_search())
+    table.set_partition_filters(True)
+    table.set_metadata_block_size(4096)
+    table.set_pin_top_level_index_and_filter(True)
     opts = Options(raw_mode=True)
     opts.set_block_based_table_factory(table)
     opts.set_compression_type(DBCompressionType.lz4())
@@ -115,6 +135,7 @@ class Mutation:
 
     def __init__(self, index: Index) -> None:
         self.index = index
+        self.writes_seen = index.writes  # read before any key: see Index.write_if_current
         self.batch = WriteBatch(raw_mode=True)
         self.overlay: dict[str, dict[bytes, bytes | None]] = {}  # per column family: key -> value (None: deleted)
         self.deltas: dict[str, int] = {}
@@ -139,25 +160,44 @@ class Mutation:
     def count(self, name: str, delta: int) -> None:
         self.deltas[name] = self.deltas.get(name, 0) + delta
 
-    def _stored_keys(self, cf: str, prefix: bytes) -> Iterator[bytes]:
-        """Stored keys under ``prefix``; one iterator per column family is reused for the whole mutation."""
+    def discard(self) -> None:
+        """Drop a batch that will not be written (its iterators would otherwise hold the database open)."""
+        self._iters.clear()
+
+    def _iter(self, cf: str) -> Any:
+        """One iterator per column family, reused for the whole mutation."""
         it = self._iters.get(cf)
         if it is None:
             it = self._iters[cf] = self.index.cf[cf].iter(ReadOptions())
+        return it
+
+    def _stored(self, cf: str, prefix: bytes, values: bool = False) -> Iterator[tuple[bytes, bytes]]:
+        """Stored ``(key, value)`` under ``prefix`` (values read only when asked for: ``b""`` otherwise)."""
+        it = self._iter(cf)
         it.seek(prefix)
         while it.valid():
             key = it.key()
             if not key.startswith(prefix):
                 return
-            yield key
+            yield key, it.value() if values else b""
             it.next()
+
+    def _stored_keys(self, cf: str, prefix: bytes) -> Iterator[bytes]:
+        return (k for k, _ in self._stored(cf, prefix))
 
     def keys_with_prefix(self, cf: str, prefix: bytes) -> list[bytes]:
         """Keys under ``prefix`` as this mutation sees them (stored ones, minus deleted, plus added)."""
+        return [k for k, _ in self.items_with_prefix(cf, prefix)]
+
+    def items_with_prefix(self, cf: str, prefix: bytes) -> list[tuple[bytes, bytes]]:
+        """``(key, value)`` under ``prefix`` as this mutation sees them, in key order."""
         mine = self.overlay.get(cf, {})
-        found = {k for k in self._stored_keys(cf, prefix) if mine.get(k, b"") is not None}
-        found.update(k for k, v in mine.items() if v is not None and k.startswith(prefix))
-        return sorted(found)
+        found: dict[bytes, bytes] = {}
+        for k, v in self._stored(cf, prefix, values=True):
+            if k not in mine:
+                found[k] = v
+        found.update((k, v) for k, v in mine.items() if v is not None and k.startswith(prefix))
+        return sorted(found.items())
 
     def has_prefix(self, cf: str, prefix: bytes) -> bool:
         mine = self.overlay.get(cf, {})
@@ -250,11 +290,17 @@ class Index:
         self.write_options = WriteOptions()
         self.write_options.sync = False
         self.syncer = WalSyncer(self.db)
+        lower_threads_named("rocksdb:")  # flushes and compactions yield the CPU to request serving
         self.counters = {name: self._read_counter(name) for name in COUNTERS}
+        self.writes = 0  # mutations written so far: lets a batch built off the loop tell whether it is stale
         self._pins: list[str] | None = None
 
     def close(self) -> None:
-        """Flush and release the database (column-family handles hold it open, so they go first)."""
+        """Flush and release the database (column-family handles and iterators hold it open, so they go first:
+        a dropped batch's iterators can sit in a reference cycle until a collection)."""
+        import gc
+
+        gc.collect()
         self.db.flush_wal(True)
         for cf in self.cf.values():
             cf.close()
@@ -262,8 +308,6 @@ class Index:
         self.handles.clear()
         self.db.close()
         del self.db
-        import gc
-
         gc.collect()
 
     def now_ms(self) -> int:
@@ -293,13 +337,23 @@ class Index:
         return Mutation(self)
 
     def write(self, m: Mutation) -> None:
-        """Apply a mutation atomically (not yet fsynced: ``await sync()`` for that)."""
+        """Apply a mutation atomically (not yet fsynced: ``await sync()`` for that). On the loop thread only."""
         new = {name: self.counters[name] + d for name, d in m.deltas.items() if d}
         for name, value in new.items():
             m.batch.put(b"counter:" + name.encode(), _I64.pack(value), self.handles["meta"])
         m._iters.clear()  # iterators pin the database open and its files in memory
         self.db.write(m.batch, self.write_options)
+        self.writes += 1  # after the write: a mutation built meanwhile sees a different count at commit
         self.counters.update(new)
+
+    def write_if_current(self, m: Mutation) -> bool:
+        """Write a mutation built off the loop, unless anything was written since it started reading (its
+        reads could be stale then; the caller builds it again). On the loop thread only."""
+        if m.writes_seen != self.writes:
+            m.discard()
+            return False
+        self.write(m)
+        return True
 
     async def sync(self) -> None:
         """Wait until everything written so far survives power loss (group-committed WAL fsync)."""
@@ -535,8 +589,8 @@ class Index:
         if rec is None:
             return
         prefix = digest.encode() + SEP
-        for key in m.keys_with_prefix("links", prefix):
-            self._unlink(m, digest, key[len(prefix):].decode())
+        for key, raw in m.items_with_prefix("links", prefix):
+            self._unlink(m, digest, key[len(prefix):].decode(), raw)
         if rec.orphan_at:
             m.delete("orphans", t_key(rec.orphan_at) + digest.encode())
         m.delete("blobs", digest.encode())
@@ -549,8 +603,10 @@ class Index:
             m.count("compressed_blobs", -1)
         m.removed.blobs.append((digest, rec.stored_size))
 
-    def _unlink(self, m: Mutation, digest: str, repo: str) -> None:
-        raw = m.get("links", _k(digest, repo))
+    def _unlink(self, m: Mutation, digest: str, repo: str, raw: bytes | None = None) -> None:
+        """Stop ``digest`` being visible in ``repo`` (``raw``: its link value, when the caller has it)."""
+        if raw is None:
+            raw = m.get("links", _k(digest, repo))
         if raw is not None:
             m.delete("links", _k(digest, repo))
             m.repo_usage(repo, -_U64.unpack(raw)[0])
@@ -677,6 +733,18 @@ class Index:
 
         With ``lease_of`` (the in-memory leases), blobs left unreferenced whose leases have ended are dropped
         in the same batch (eviction: one write per root); otherwise they wait in the orphan index."""
+        m = self.plan_manifest_deletion(repo, digest, lease_of)
+        if m is None:
+            return None
+        self.write(m)
+        return m.removed
+
+    def plan_manifest_deletion(self, repo: str, digest: str,
+                               lease_of: Callable[[str], int] | None = None) -> Mutation | None:
+        """The batch :meth:`delete_manifest` writes, built but not written (None: no such manifest).
+
+        Building reads only RocksDB, so eviction builds its batches in a worker thread while the loop serves
+        requests, then writes each on the loop with :meth:`write_if_current`."""
         m = self.mutation()
         if m.manifest(repo, digest) is None:
             return None
@@ -687,8 +755,7 @@ class Index:
                 rec = m.blob(blob)
                 if rec is not None and max(rec.protected_until(), lease_of(blob)) <= now:
                     self._drop_blob(m, blob)
-        self.write(m)
-        return m.removed
+        return m
 
     def _delete_manifest(self, m: Mutation, repo: str, digest: str) -> None:
         rec = m.manifest(repo, digest)

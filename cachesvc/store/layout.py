@@ -14,8 +14,9 @@
       uploads/zst-<hex>           a compressed copy being written; renamed to blobs/…/<hex>.zst once fsynced
                                   and verified (any file here without a session is removed at start)
       quarantine/<alg>-<hex>      blobs found corrupt on disk, kept for inspection, never served
-      trash/<name>                blob files already dropped from the index, waiting to be unlinked off the
-                                  request path (a rename is instant; unlinking a large file is not)
+      trash/<name>                files taken out of the served tree by a rename (a compression swap's old
+                                  form, fsck's strays), waiting to be unlinked off the request path; evicted
+                                  and deleted blobs are unlinked in place by cachesvc/store/reclaim.py
       auth.key                    the key that signs tokens from /token (mode 0600; only with --auth-file;
                                   created on first start, see cachesvc/auth/tokens.py)
 

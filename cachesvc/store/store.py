@@ -28,6 +28,7 @@ from cachesvc.store.index import Index, Removed
 from cachesvc.store.layout import Layout
 from cachesvc.store.manifests import BUILDKIT_CACHE_CONFIG, ParsedManifest, parse_manifest
 from cachesvc.store.recency import Recency
+from cachesvc.store.reclaim import Reclaimer
 from cachesvc.store.records import ManifestRecord
 from cachesvc.store.uploads import Session, UploadSessions
 
@@ -79,8 +80,9 @@ class Store:
                                       max_sessions=self.settings.max_upload_sessions,
                                       timeout=self.settings.upload_timeout)
         self.recency = Recency(self.index, grace_ms=self.grace_ms, clock=self.clock)
-        self.evictor = Evictor(self.settings, self.index, self.files, self.recency, self.metrics, clock=self.clock,
-                               root=str(self.layout.root))
+        self.reclaimer = Reclaimer(self.files, self.index.forget_unlink)
+        self.evictor = Evictor(self.settings, self.index, self.reclaimer, self.recency, self.metrics,
+                               clock=self.clock, root=str(self.layout.root))
         self.compressor = Compressor(self, enabled=self.settings.compress_at_rest == "auto")
         self._repair()
         self.compressor.open()
@@ -93,12 +95,9 @@ class Store:
             if self.index.blob(digest) is None and self.files.to_trash(digest):
                 log.warning("removed %s: renamed in but never indexed before a crash", digest)
             self.index.forget_commit(digest)
-        unlinks = self.index.pending_unlinks()
-        for digest in unlinks:
-            if self.index.blob(digest) is None:
-                self.files.to_trash(digest)
-        if unlinks:
-            self.index.forget_unlink(unlinks)
+        unlinks = self.index.pending_unlinks()  # files of dropped blobs not yet removed: the reclaimer finishes
+        self.reclaimer.discard(d for d in unlinks if self.index.blob(d) is None)
+        self.index.forget_unlink([d for d in unlinks if self.index.blob(d) is not None])
         self.uploads.repair()
 
     async def start(self) -> None:
@@ -106,9 +105,10 @@ class Store:
         if not self.opened:
             self.open()
         self.recency.start()
+        loop = asyncio.get_running_loop()
+        self.reclaimer.start(loop)
         self.evictor.start()
         self.compressor.start()
-        loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._housekeeping()))
         await loop.run_in_executor(None, self.files.empty_trash)
 
@@ -122,6 +122,7 @@ class Store:
             await self.evictor.stop()
             await self.compressor.stop()
             await self.recency.stop()
+            await self.reclaimer.stop()
             for session in list(self.uploads.live.values()):
                 if session.file is not None:
                     session.file.close()
@@ -175,12 +176,8 @@ class Store:
         return removed
 
     def _after_removal(self, removed: Removed) -> None:
-        """Take dropped blob files out of the served tree and forget the deletion intents."""
-        if not removed.blobs:
-            return
-        for digest, _size in removed.blobs:
-            self.files.to_trash(digest)
-        self.index.forget_unlink([d for d, _ in removed.blobs])
+        """Hand dropped blobs' files to the reclaimer (their deletion intents are in the index already)."""
+        self.reclaimer.discard(d for d, _ in removed.blobs)
 
     def check_fits(self, size: int | None) -> None:
         """Refuse at once an upload that could never fit the budget, before reading a byte of it."""
@@ -283,6 +280,7 @@ class Store:
             return
         # No await between these three steps: nothing can interleave with the rename.
         self.index.begin_commit(digest)
+        self.reclaimer.settle(digest)  # an old file of this digest still waiting for deletion goes first
         directory = self.files.install(path, digest)
         if self.index.add_blob(digest, size, repo, self.grace_ms, compress=self.compressor.enabled):
             self.compressor.enqueue(digest)

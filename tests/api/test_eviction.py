@@ -5,7 +5,6 @@ The clock is injected, so every scenario is deterministic: time moves only when 
 
 from __future__ import annotations
 
-import asyncio
 import os
 
 from tests.support.inproc import Running, error_code, image_manifest, sha256
@@ -117,6 +116,7 @@ async def test_unreferenced_blobs_wait_out_the_grace_period(make_server, clock) 
     await reg.store.evictor.run_pass()
     async with reg.http.head(f"/v2/cache/app/blobs/{d}") as r:
         assert r.status == 404
+    assert await reg.store.reclaimer.drained(10)  # files go in the background, after the index
     assert not os.path.exists(reg.store.files.path(d))
 
 
@@ -226,10 +226,88 @@ async def test_blob_being_streamed_when_evicted_finishes_streaming(make_server, 
         assert digest and rec
         evicted = reg.store.evictor.evict_root("cache/app", digest, rec.last_used, "manual")
         assert evicted is not None and evicted.blobs == 2
-        await asyncio.get_running_loop().run_in_executor(None, reg.store.files.empty_trash)
+        assert await reg.store.reclaimer.drained(10)
         assert not os.path.exists(reg.store.files.path(sha256(layer)))  # gone from disk's namespace...
         async for chunk in r.content.iter_chunked(1 << 20):
             h.update(chunk)
     assert "sha256:" + h.hexdigest() == sha256(layer)  # ...but the client got every byte
     async with reg.http.head(f"/v2/cache/app/blobs/{sha256(layer)}") as r:
         assert r.status == 404
+
+
+async def _old_root(reg: Running, repo: str, tag: str) -> tuple[str, int]:
+    digest = reg.store.index.tag(repo, tag)
+    assert digest is not None
+    rec = reg.store.index.manifest(repo, digest)
+    assert rec is not None
+    return digest, rec.last_used
+
+
+async def test_off_loop_eviction_rebuilds_a_batch_made_stale_by_a_write(make_server, clock) -> None:
+    """The batch is built in a worker thread; a write that lands meanwhile makes it stale, and it is built
+    again from the new state rather than written over it."""
+    reg = await make_server(upload_grace=0)
+    layers = await image(reg, "cache/app", "old")
+    clock.advance(60)
+    ev, index = reg.store.evictor, reg.store.index
+    digest, last_used = await _old_root(reg, "cache/app", "old")
+    plans = []
+    build = ev._plan
+
+    def plan_then_write(*args: object) -> object:
+        planned = build(*args)  # type: ignore[arg-type]
+        plans.append(planned)
+        if len(plans) == 1:
+            index.set_meta_value("test-marker", b"x")  # some other mutation, written after the reads
+        return planned
+
+    ev._plan = plan_then_write  # type: ignore[method-assign]
+    evicted = await ev.evict_root_off_loop("cache/app", digest, last_used, "budget")
+    assert len(plans) == 2 and evicted is not None and evicted.blobs == 2
+    assert index.manifest("cache/app", digest) is None and index.blob(sha256(layers[0])) is None
+    assert index.meta_value("test-marker") == b"x"
+    assert await reg.store.reclaimer.drained(10)
+    assert not os.path.exists(reg.store.files.path(sha256(layers[0])))
+
+
+async def test_off_loop_eviction_keeps_a_blob_leased_while_the_batch_was_built(make_server, clock) -> None:
+    """A HEAD answered while the batch was being built leases its blob: the root goes, the blob stays."""
+    reg = await make_server(upload_grace=10)
+    layers = await image(reg, "cache/app", "old")
+    clock.advance(60)
+    ev = reg.store.evictor
+    digest, last_used = await _old_root(reg, "cache/app", "old")
+    build = ev._plan
+    layer = sha256(layers[0])
+
+    def plan_then_head(*args: object) -> object:
+        planned = build(*args)  # type: ignore[arg-type]
+        reg.store.recency.lease_blob(layer)  # what HEAD does, noted in memory on the loop
+        return planned
+
+    ev._plan = plan_then_head  # type: ignore[method-assign]
+    evicted = await ev.evict_root_off_loop("cache/app", digest, last_used, "budget")
+    assert evicted is not None and evicted.blobs == 1  # the config went, the leased layer did not
+    async with reg.http.head(f"/v2/cache/app/blobs/{layer}") as r:
+        assert r.status == 200
+    async with reg.http.get(f"/v2/cache/app/blobs/{layer}") as r:
+        assert r.status == 200 and await r.read() == layers[0]
+
+
+async def test_off_loop_eviction_skips_a_root_used_while_the_batch_was_built(make_server, clock) -> None:
+    reg = await make_server(upload_grace=0)
+    await image(reg, "cache/app", "old")
+    clock.advance(60)
+    ev = reg.store.evictor
+    digest, last_used = await _old_root(reg, "cache/app", "old")
+    build = ev._plan
+
+    def plan_then_pull(*args: object) -> object:
+        planned = build(*args)  # type: ignore[arg-type]
+        clock.advance(1)
+        reg.store.recency.touch_manifest("cache/app", digest)  # what GET manifest does
+        return planned
+
+    ev._plan = plan_then_pull  # type: ignore[method-assign]
+    assert await ev.evict_root_off_loop("cache/app", digest, last_used, "budget") is None
+    assert await served_whole(reg, "cache/app", "old")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 from tests.support.inproc import Running, sha256
@@ -43,8 +44,11 @@ async def test_pending_unlink_is_finished_on_start(reg: Running) -> None:
     reg.store.index._drop_blob(m, digest)  # the index change of a deletion, without the file move
     reg.store.index.write(m)
     await reg.restart()
+    assert await reg.store.reclaimer.drained(10)  # the reclaimer finishes it in the background
     assert not os.path.exists(reg.store.files.path(digest))
     assert reg.store.index.pending_unlinks() == []
+    async with reg.http.head(f"/v2/a/blobs/{digest}") as r:
+        assert r.status == 404
 
 
 async def test_stray_upload_files_and_torn_chunks_are_cleaned(reg: Running) -> None:
@@ -71,3 +75,20 @@ async def test_refuses_a_foreign_directory(tmp_path, clock) -> None:
     with pytest.raises(RuntimeError, match="not a cachesvc store"):
         await Running(root, clock).start()
     assert (root / "important.txt").read_text() == "user data"
+
+
+async def test_blob_pushed_again_while_its_old_file_waits_for_deletion(reg: Running) -> None:
+    """A dropped blob's file is deleted in the background; pushing the same digest before that happens must
+    end with the new file in place and served, not deleted by the late reclaimer."""
+    data = b"evicted, then pushed again" * 1000
+    digest = await reg.push_blob("a", data)
+    await reg.store.reclaimer.stop()  # hold deletions back, so the old file is still waiting
+    reg.store.lose_blob(digest, "dropped for the test")
+    assert reg.store.reclaimer.pending == 1 and os.path.exists(reg.store.files.path(digest))
+    assert await reg.push_blob("a", data) == digest  # settles the old file first, then installs the new one
+    reg.store.reclaimer.start(asyncio.get_running_loop())
+    assert await reg.store.reclaimer.drained(10)
+    assert os.path.exists(reg.store.files.path(digest))
+    async with reg.http.get(f"/v2/a/blobs/{digest}") as r:
+        assert r.status == 200 and await r.read() == data
+    assert reg.store.index.pending_unlinks() == []

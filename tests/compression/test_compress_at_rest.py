@@ -198,6 +198,7 @@ def test_eviction_counts_and_frees_bytes_on_disk(make_threaded: Callable[..., Th
     (ev,) = json.loads(body)["evictions"]
     after = counters(s)["disk_bytes"]
     assert before - after == ev["bytes"] == packed + manifest  # the compressed files and the manifest
+    assert s.call(s.store.reclaimer.drained(10))  # files go in the background, after the index
     assert s.forms(sha256(layers[0])) == (False, False)
     assert after == sum(disk_files(s).values()) + counters(s)["manifest_bytes"]
 
