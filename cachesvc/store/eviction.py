@@ -157,15 +157,20 @@ class Evictor:
 
     def _apply(self, planned: tuple[Mutation, list[str]] | None, repo: str, digest: str, last_used: int,
                reason: str, *, only_if_current: bool = False) -> Eviction | Literal[False] | None:
-        """On the loop: write a built batch. None when the root is gone or no longer wanted; False when the
-        batch went stale (``only_if_current``) and must be built again."""
+        """On the loop: write a built batch. None when the root is gone, or was used (noted in memory) since the
+        batch was built; False when a batch built off the loop went stale and must be built again: something
+        was written meanwhile, or a HEAD/GET leased a blob it would drop (the next build keeps that blob)."""
         if planned is None:
             return None
         m, tags = planned
-        if not self._still_wanted(repo, digest, last_used, reason, m):
+        if reason != "manual" and self.recency.manifests.get((repo, digest), 0) > last_used:
             m.discard()
             return None
         if only_if_current:
+            now = self.index.now_ms()
+            if any(self.recency.lease_of(d) > now for d, _ in m.removed.blobs):
+                m.discard()
+                return False
             if not self.index.write_if_current(m):
                 return False
         else:
@@ -186,16 +191,6 @@ class Evictor:
             return None
         m.writes_seen = writes_seen
         return m, tags
-
-    def _still_wanted(self, repo: str, digest: str, last_used: int, reason: str, m: Mutation) -> bool:
-        """On the loop, just before writing: a use or a lease noted in memory since the batch was built wins
-        (the use of the root itself, or a HEAD/GET of a blob the batch would drop)."""
-        if reason != "manual" and self.recency.manifests.get((repo, digest), 0) > last_used:
-            return False
-        now = self.index.now_ms()
-        if any(self.recency.lease_of(d) > now for d, _ in m.removed.blobs):
-            m.writes_seen = -1  # stale: the next build keeps the leased blob as an orphan
-        return True
 
     def _record(self, removed: Removed, repo: str, digest: str, tags: list[str], last_used: int,
                 reason: str) -> Eviction:

@@ -44,7 +44,6 @@ class Reclaimer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle = threading.Event()
         self._idle.set()
-        self.removed = 0
 
     @property
     def pending(self) -> int:
@@ -81,7 +80,6 @@ class Reclaimer:
         for path in (self.files.path(digest), self.files.zpath(digest)):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
-        self.removed += 1
 
     # -- the thread ------------------------------------------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop) -> None:

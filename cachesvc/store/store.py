@@ -95,9 +95,11 @@ class Store:
             if self.index.blob(digest) is None and self.files.to_trash(digest):
                 log.warning("removed %s: renamed in but never indexed before a crash", digest)
             self.index.forget_commit(digest)
-        unlinks = self.index.pending_unlinks()  # files of dropped blobs not yet removed: the reclaimer finishes
-        self.reclaimer.discard(d for d in unlinks if self.index.blob(d) is None)
-        self.index.forget_unlink([d for d in unlinks if self.index.blob(d) is not None])
+        # Files of dropped blobs not yet removed: the reclaimer finishes them, unless the digest was stored again.
+        unlinks = self.index.pending_unlinks()
+        stored_again = [d for d in unlinks if self.index.blob(d) is not None]
+        self.reclaimer.discard(set(unlinks).difference(stored_again))
+        self.index.forget_unlink(stored_again)
         self.uploads.repair()
 
     async def start(self) -> None:
