@@ -29,6 +29,7 @@ from cachesvc.remote.fetch import BlobFetch, FetchFailed, FetchResponse
 from cachesvc.remote.objects import Remote, RemoteUnavailable
 from cachesvc.remote.writeback import FROM_REMOTE, WriteBehind
 from cachesvc.store.manifests import ParsedManifest, parse_manifest
+from cachesvc.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from cachesvc.api.context import Registry
@@ -486,11 +487,8 @@ class Markers:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait([self._task])
+        self._task = None
 
     async def _run(self) -> None:
         while True:

@@ -21,7 +21,6 @@ exponential backoff (0.5 s doubling to 15 s) and the entry is retried; an entry 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import hashlib
 import json
@@ -36,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from cachesvc.remote import keys
 from cachesvc.remote.objects import MULTIPART_THRESHOLD, RemoteUnavailable
 from cachesvc.store.records import ManifestRecord
+from cachesvc.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from cachesvc.remote.tier import RemoteTier
@@ -158,11 +158,7 @@ class WriteBehind:
         self._workers = [loop.create_task(self._worker()) for _ in range(self.concurrency)]
 
     async def stop(self) -> None:
-        for task in self._workers:
-            task.cancel()
-        for task in self._workers:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._workers)
         self._workers.clear()
 
     def _take(self) -> int | None:

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from cachesvc.store.blobs import CHUNK, fsync_dir
 from cachesvc.store.seekable import LEVEL, SeekableError, SeekableReader, compress_fd
+from cachesvc.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from cachesvc.store.store import Store
@@ -151,11 +152,8 @@ class Compressor:
 
     async def stop(self) -> None:
         self._cancel.set()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait([self._task])
+        self._task = None
         self._pool.shutdown(wait=False, cancel_futures=True)
         if self._frames is not None:
             self._frames.shutdown(wait=False, cancel_futures=True)

@@ -36,6 +36,7 @@ from cachesvc.settings import Settings
 from cachesvc.store.index import Index, Mutation, Removed
 from cachesvc.store.recency import Recency
 from cachesvc.store.reclaim import Reclaimer
+from cachesvc.tasks import cancel_and_wait
 from cachesvc.units import parse_size
 
 log = logging.getLogger("cachesvc.eviction")
@@ -373,10 +374,7 @@ class Evictor:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait([self._task])
         self._planner.shutdown(wait=True)
 
     def poke(self) -> None:

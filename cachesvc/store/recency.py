@@ -9,11 +9,11 @@ client was told it exists, before any flush.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
 from cachesvc.store.index import Index
+from cachesvc.tasks import cancel_and_wait
 
 log = logging.getLogger("cachesvc.recency")
 
@@ -73,8 +73,5 @@ class Recency:
         self._task = asyncio.get_running_loop().create_task(self.run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait([self._task])
         self.flush()

@@ -31,6 +31,7 @@ from cachesvc.store.recency import Recency
 from cachesvc.store.reclaim import Reclaimer
 from cachesvc.store.records import ManifestRecord
 from cachesvc.store.uploads import Session, UploadSessions
+from cachesvc.tasks import cancel_and_wait
 
 log = logging.getLogger("cachesvc.store")
 
@@ -115,10 +116,7 @@ class Store:
         await loop.run_in_executor(None, self.files.empty_trash)
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         self._tasks.clear()
         if self.opened:
             await self.evictor.stop()
