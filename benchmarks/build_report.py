@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
+
+from benchmarks.report import pyplot
 
 MB = 1_000_000
 ORDER = ("cold", "tarball", "remote-registry", "cachesvc", "distribution-colocated", "memory-colocated", "local")
@@ -206,13 +207,7 @@ NOTES = {
 
 def charts(result: dict[str, Any], prefix: Path) -> list[Path]:
     """Stacked job times (warm and changed) and bytes moved per scenario; none without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed (pip install '.[bench]'): no charts", file=sys.stderr)
+    if (plt := pyplot()) is None:
         return []
     out: list[Path] = []
     table = result.get("table", {})

@@ -124,8 +124,8 @@ def fig_target(fig: dict[str, Any]) -> str:
     return f">= {fig['target']:g}x" if fig["target"] is not None else "-"
 
 
-def charts(result: dict[str, Any], prefix: Path) -> list[Path]:
-    """PNG charts next to the report; none (with a warning) when matplotlib is not installed."""
+def pyplot() -> Any:
+    """matplotlib's pyplot drawing to files, or None (with a warning) when matplotlib is not installed."""
     try:
         import matplotlib
 
@@ -133,6 +133,13 @@ def charts(result: dict[str, Any], prefix: Path) -> list[Path]:
         import matplotlib.pyplot as plt
     except ImportError:
         print("matplotlib not installed (pip install '.[bench]'): no charts", file=sys.stderr)
+        return None
+    return plt
+
+
+def charts(result: dict[str, Any], prefix: Path) -> list[Path]:
+    """PNG charts next to the report; none (with a warning) when matplotlib is not installed."""
+    if (plt := pyplot()) is None:
         return []
     figs = result["figures"]
     out: list[Path] = []
