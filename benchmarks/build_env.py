@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks.netns import REMOTE_ADDR, NetnsPair
-from tests.support.clients import ContainersConfig, _mounts_under, tool_path
+from tests.support.clients import ContainersConfig, mounts_under, tool_path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = REPO_ROOT / "builder-image" / "launch.sh"
@@ -85,11 +85,6 @@ def run_timed(args: Sequence[str], *, env: dict[str, str] | None = None,
     rc = proc.wait()
     result = Cmd(list(args), rc, "\n".join(text for _, text in lines), time.monotonic() - t0)
     return result.check(), lines
-
-
-def mounts_under(path: Path) -> list[str]:
-    """Mount points at or below ``path`` (the same reading the test harness does)."""
-    return _mounts_under(path)
 
 
 def unmount_under(path: Path, *, include_self: bool = False) -> None:

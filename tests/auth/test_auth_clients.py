@@ -22,22 +22,15 @@ from pathlib import Path
 import pytest
 
 from cachesvc.auth.headers import encode_basic
-from tests.support.clients import ContainersConfig, DockerDaemon, ToolMissing, run, skopeo_copy, tool_path
+from tests.support.clients import ContainersConfig, DockerDaemon, run, skopeo_copy, tool_path
 from tests.support.images import OciImage, build_busybox_layout, layout_blobs
 from tests.support.servers import Cachesvc
+from tests.support.skips import need
 
 pytestmark = pytest.mark.e2e
 
 ALICE = "alice:alice-secret"  # pull, push, delete on cache/ (see conftest.auth_toml)
 BOB = "bob:bob-secret"  # pull on base/ only
-
-
-def need(*tools: str) -> None:
-    for tool in tools:
-        try:
-            tool_path(tool)
-        except ToolMissing as e:
-            pytest.skip(str(e))
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.clients import mounts_under
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILDER_DIR = REPO_ROOT / "builder-image"
 LAUNCH = BUILDER_DIR / "launch.sh"
@@ -53,17 +55,6 @@ def need_tool(name: str, package: str) -> str:
 def fs_uuid(device: str) -> str:
     out = subprocess.run(["blkid", "-p", "-o", "value", "-s", "UUID", device], capture_output=True, text=True)
     return out.stdout.strip()
-
-
-def mounts_under(path: Path) -> list[str]:
-    prefix = str(path)
-    found = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            mountpoint = line.split()[4].replace("\\040", " ")
-            if mountpoint == prefix or mountpoint.startswith(prefix + "/"):
-                found.append(mountpoint)
-    return found
 
 
 def mount_options(path: Path) -> set[str]:

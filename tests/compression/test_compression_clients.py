@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.compression.layers import text_tar
-from tests.support.clients import Buildah, ContainersConfig, ToolMissing, skopeo_copy, tool_path
+from tests.support.clients import Buildah, ContainersConfig, skopeo_copy
 from tests.support.images import (
     EPOCH_ISO,
     MEDIA_OCI_CONFIG,
@@ -29,17 +29,11 @@ from tests.support.images import (
     write_build_context,
 )
 from tests.support.servers import Cachesvc
+from tests.support.skips import need
 
 pytestmark = pytest.mark.e2e
 
 PLAIN_LAYER = "application/vnd.oci.image.layer.v1.tar"
-
-
-def need(tool: str) -> None:
-    try:
-        tool_path(tool)
-    except ToolMissing as e:
-        pytest.skip(str(e))
 
 
 @pytest.fixture

@@ -22,11 +22,10 @@ from tests.support.clients import (  # noqa: E402
     ContainersConfig,
     DockerDaemon,
     RequestLog,
-    ToolMissing,
-    tool_path,
 )
 from tests.support.images import OciImage, build_busybox_layout, push_layout  # noqa: E402
 from tests.support.servers import DISTRIBUTION_BIN, Cachesvc, Distribution, ServerProcess  # noqa: E402
+from tests.support.skips import need  # noqa: E402
 
 REGISTRY_KINDS = ("distribution", "cachesvc")
 DEFAULT_REGISTRY = "cachesvc"
@@ -37,15 +36,6 @@ def registry_kind() -> str:
     if kind not in REGISTRY_KINDS:
         raise pytest.UsageError(f"E2E_REGISTRY must be one of {', '.join(REGISTRY_KINDS)}, got {kind!r}")
     return kind
-
-
-def need(*tools: str) -> None:
-    """Skip the calling test unless every named client binary is installed (reason names the package)."""
-    for tool in tools:
-        try:
-            tool_path(tool)
-        except ToolMissing as e:
-            pytest.skip(str(e))
 
 
 def need_root(what: str) -> None:

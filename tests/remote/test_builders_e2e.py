@@ -19,13 +19,12 @@ from tests.support.clients import (
     ContainersConfig,
     DockerDaemon,
     RequestLog,
-    ToolMissing,
     oras_tags,
     parse_plain_progress,
-    tool_path,
 )
 from tests.support.images import OciImage, build_busybox_layout, push_layout, write_build_context
 from tests.support.servers import free_port
+from tests.support.skips import need
 
 pytestmark = pytest.mark.e2e
 
@@ -35,19 +34,9 @@ USING = re.compile(r"^--> Using cache ([0-9a-f]{64})$", re.M)
 IMAGE_ID = re.compile(r"^([0-9a-f]{64})$", re.M)
 
 
-def _need(*tools: str) -> None:
-    for tool in tools:
-        try:
-            tool_path(tool)
-        except ToolMissing as e:
-            pytest.skip(str(e))
-    if os.geteuid() != 0:
-        pytest.skip("buildah (vfs + chroot isolation) needs root")
-
-
 @pytest.fixture(scope="module")
 def busybox(tmp_path_factory: pytest.TempPathFactory) -> OciImage:
-    _need("busybox", "skopeo", "buildah")
+    need("busybox", "skopeo", "buildah")
     return build_busybox_layout(tmp_path_factory.mktemp("busybox") / "layout")
 
 
@@ -117,7 +106,7 @@ def test_fresh_builder_rebuilds_warm_from_the_shared_tier(tmp_path: Path, object
 
 @pytest.fixture(scope="module")
 def docker_daemon() -> Iterator[DockerDaemon]:
-    _need("dockerd", "docker", "busybox", "skopeo")
+    need("dockerd", "docker", "busybox", "skopeo")
     drivers = os.environ.get("E2E_DOCKER_STORAGE_DRIVER", "overlay2,vfs").split(",")
     with DockerDaemon(storage_drivers=[d.strip() for d in drivers if d.strip()]) as daemon:
         yield daemon

@@ -351,7 +351,8 @@ class Buildah:
 # dockerd + BuildKit
 
 
-def _mounts_under(path: Path) -> list[str]:
+def mounts_under(path: Path) -> list[str]:
+    """Mount points at or below ``path``, from /proc/self/mountinfo."""
     prefix = str(Path(path).resolve())
     found: list[str] = []
     with open("/proc/self/mountinfo") as f:
@@ -366,7 +367,7 @@ def _unmount_under(path: Path) -> None:
     """Lazily unmount whatever a daemon left mounted below `path` (deepest first) so rmtree can succeed."""
     if not Path(path).exists():
         return
-    for mountpoint in sorted(_mounts_under(path), key=len, reverse=True):
+    for mountpoint in sorted(mounts_under(path), key=len, reverse=True):
         subprocess.run(["umount", "-l", mountpoint], capture_output=True, check=False)
 
 
