@@ -22,13 +22,13 @@ import collections
 import contextlib
 import fnmatch
 import heapq
+import itertools
 import logging
 import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Literal
 
 from cachesvc.metrics import Metrics
 from cachesvc.priority import lower_this_thread
@@ -41,6 +41,9 @@ from cachesvc.units import parse_size
 
 log = logging.getLogger("cachesvc.eviction")
 
+CHAIN_ROOTS = 32  # roots chained into one batch built off the loop and written at once...
+CHAIN_BLOBS = 64  # ...and blobs: the loop writes a batch in one go, so its size bounds that pause
+ALL = 1 << 62  # bytes "still to free" when everything the candidates offer goes (max age)
 PASS_INTERVAL = 5.0  # seconds between background passes (an upload over budget wakes the evictor at once)
 INDEX_RESERVE = 64 * 1024 * 1024  # free space always kept for the index (at most 5 % of a small filesystem)
 
@@ -57,6 +60,27 @@ class Eviction:
     last_used: float
     bytes: int
     blobs: int = 0
+
+
+@dataclass(slots=True)
+class Chained:
+    """One root in a chained batch; ``manifests``/``blobs``: where its part of the batch's removals ends."""
+
+    repo: str
+    digest: str
+    last_used: int
+    tags: list[str]
+    manifests: int
+    blobs: int
+
+
+@dataclass
+class Chain:
+    """A deletion batch of several roots, built off the loop, that the loop writes at once."""
+
+    mutation: Mutation
+    roots: list[Chained] = field(default_factory=list)
+    exhausted: bool = False  # the candidates ran out while it was built
 
 
 @dataclass
@@ -142,56 +166,114 @@ class Evictor:
 
         The candidate came from an ordered scan that requests may have overtaken: a root used since (even if
         that use is not flushed yet) or no longer a root is skipped, unless an operator asked for it by name."""
-        return self._apply(self._plan(repo, digest, last_used, reason), repo, digest, last_used, reason) or None
+        return self._apply(self._plan(repo, digest, last_used, reason), repo, digest, last_used, reason)
 
-    async def evict_root_off_loop(self, repo: str, digest: str, last_used: int, reason: str) -> Eviction | None:
-        """:meth:`evict_root` with the batch built (all its reads) in a worker thread, so the loop keeps serving
-        requests meanwhile; the loop only checks and writes it. A batch gone stale because something was
-        written meanwhile is built again; after a few tries the root is evicted on the loop."""
+    async def evict_off_loop(self, candidates: Iterator[tuple[int, str, str]], excess: Callable[[], int],
+                             reason: str) -> list[Eviction]:
+        """Evict ``candidates`` in order until ``excess()`` (bytes still to free) is <= 0 or they run out.
+
+        Roots are chained into batches built (all their reads) in a worker thread while the loop keeps serving
+        requests; the loop only checks and writes each batch, one atomic write for several roots. A batch gone
+        stale (something was written meanwhile, or a request used one of its roots or leased one of its blobs)
+        is built again; after a few tries its first root is evicted on the loop."""
         loop = asyncio.get_running_loop()
-        for _ in range(3):
-            planned = await loop.run_in_executor(self._planner, self._plan, repo, digest, last_used, reason)
-            done = self._apply(planned, repo, digest, last_used, reason, only_if_current=True)
-            if done is not False:
-                return done
-        return self.evict_root(repo, digest, last_used, reason)
+        done: list[Eviction] = []
+        retry: list[tuple[int, str, str]] = []
+        exhausted = False
+        stale = 0
+        while (want := excess()) > 0 and (retry or not exhausted):
+            limit = 1 if reason == "quota" else CHAIN_ROOTS  # quota usage is not what the batch counts: go singly
+            chain = await loop.run_in_executor(self._planner, self._plan_chain, retry, candidates, want, reason,
+                                               limit)
+            exhausted = chain.exhausted
+            retry = []
+            if not chain.roots:
+                continue
+            evicted = self._apply_chain(chain, reason)
+            if evicted is not None:
+                stale = 0
+                done += evicted
+                continue
+            retry = [(r.last_used, r.repo, r.digest) for r in chain.roots]
+            stale += 1
+            if stale >= 3:  # written to on every try: take the first root on the loop, then try batches again
+                last_used, repo, digest = retry.pop(0)
+                if (ev := self.evict_root(repo, digest, last_used, reason)) is not None:
+                    done.append(ev)
+                stale = 0
+        return done
+
+    def _plan_chain(self, retry: list[tuple[int, str, str]], candidates: Iterator[tuple[int, str, str]],
+                    want: int, reason: str, limit: int) -> Chain:
+        """In the worker: chain roots (``retry`` first, then ``candidates``) into one deletion batch until they
+        free ``want`` bytes, or ``limit`` roots, or :data:`CHAIN_BLOBS` blobs are in it."""
+        m = self.index.mutation()  # its write count is read before any key: see Index.write_if_current
+        chain = Chain(m)
+        source = itertools.chain(retry, candidates)
+        for last_used, repo, digest in source:
+            if self._plan_into(m, repo, digest, last_used, reason):
+                removed = m.removed
+                chain.roots.append(Chained(repo, digest, last_used, self.index.tags_of(repo, digest),
+                                           len(removed.manifests), len(removed.blobs)))
+                if (-m.deltas.get("disk_bytes", 0) >= want or len(chain.roots) >= limit
+                        or len(removed.blobs) >= CHAIN_BLOBS):
+                    break
+        else:
+            chain.exhausted = True
+        m.done_reading()
+        return chain
+
+    def _plan_into(self, m: Mutation, repo: str, digest: str, last_used: int, reason: str) -> bool:
+        """Add one root's deletion to ``m`` (reads only; any thread). False when the root is gone, moved on,
+        or was used (noted in memory) since the candidate was listed."""
+        rec = m.manifest(repo, digest)
+        if rec is None:
+            return False
+        if reason != "manual" and (rec.last_used != last_used or not m.is_root_entry(repo, digest, last_used)
+                                   or self.recency.manifests.get((repo, digest), 0) > last_used):
+            return False
+        return self.index.plan_manifest_deletion(repo, digest, self.recency.lease_of, m) is not None
+
+    def _apply_chain(self, chain: Chain, reason: str) -> list[Eviction] | None:
+        """On the loop: write a batch built off the loop and record its roots. None when it went stale while
+        it was built: something was written meanwhile, a request used one of its roots (the next build skips
+        it) or a HEAD/GET leased a blob it would drop (the next build keeps that blob)."""
+        m = chain.mutation
+        now = self.index.now_ms()
+        used = reason != "manual" and any(self.recency.manifests.get((r.repo, r.digest), 0) > r.last_used
+                                          for r in chain.roots)
+        if used or any(self.recency.lease_of(d) > now for d, _ in m.removed.blobs):
+            m.discard()
+            return None
+        if not self.index.write_if_current(m):
+            return None
+        out = []
+        manifests = blobs = 0
+        for r in chain.roots:
+            removed = Removed(m.removed.manifests[manifests:r.manifests], m.removed.blobs[blobs:r.blobs], [])
+            manifests, blobs = r.manifests, r.blobs
+            out.append(self._record(removed, r.repo, r.digest, r.tags, r.last_used, reason))
+        return out
 
     def _apply(self, planned: tuple[Mutation, list[str]] | None, repo: str, digest: str, last_used: int,
-               reason: str, *, only_if_current: bool = False) -> Eviction | Literal[False] | None:
-        """On the loop: write a built batch. None when the root is gone, or was used (noted in memory) since the
-        batch was built; False when a batch built off the loop went stale and must be built again: something
-        was written meanwhile, or a HEAD/GET leased a blob it would drop (the next build keeps that blob)."""
+               reason: str) -> Eviction | None:
+        """On the loop: write one root's batch. None when the root is gone or was used since it was listed."""
         if planned is None:
             return None
         m, tags = planned
         if reason != "manual" and self.recency.manifests.get((repo, digest), 0) > last_used:
             m.discard()
             return None
-        if only_if_current:
-            now = self.index.now_ms()
-            if any(self.recency.lease_of(d) > now for d, _ in m.removed.blobs):
-                m.discard()
-                return False
-            if not self.index.write_if_current(m):
-                return False
-        else:
-            self.index.write(m)
+        self.index.write(m)
         return self._record(m.removed, repo, digest, tags, last_used, reason)
 
     def _plan(self, repo: str, digest: str, last_used: int, reason: str) -> tuple[Mutation, list[str]] | None:
-        """Build the root's deletion batch (reads only; any thread). None when the root is gone or moved on."""
-        writes_seen = self.index.writes  # before the first read: see Index.write_if_current
-        rec = self.index.manifest(repo, digest)
-        if rec is None:
+        """Build one root's deletion batch (reads only). None when the root is gone or moved on."""
+        m = self.index.mutation()
+        if not self._plan_into(m, repo, digest, last_used, reason):
+            m.discard()
             return None
-        if reason != "manual" and (rec.last_used != last_used or not self.index.is_root(repo, digest, last_used)):
-            return None
-        tags = self.index.tags_of(repo, digest)
-        m = self.index.plan_manifest_deletion(repo, digest, self.recency.lease_of)
-        if m is None:
-            return None
-        m.writes_seen = writes_seen
-        return m, tags
+        return m, self.index.tags_of(repo, digest)
 
     def _record(self, removed: Removed, repo: str, digest: str, tags: list[str], last_used: int,
                 reason: str) -> Eviction:
@@ -255,35 +337,25 @@ class Evictor:
         self.sweep_orphans()
         if self.settings.max_age:
             cutoff = self.index.now_ms() - int(self.settings.max_age * 1000)
-            done += await self._evict(self._until(self.candidates("max_age"), lambda t: t >= cutoff),
-                                      lambda: False, "max_age")
+            done += await self.evict_off_loop(self._until(self.candidates("max_age"), lambda t: t >= cutoff),
+                                              lambda: ALL, "max_age")
         for quota in self.quotas:
             if self.quota_usage(quota) > quota.limit:
                 target = int(quota.limit * self.settings.evict_to)
-                done += await self._evict(self.quota_candidates(quota),
-                                          lambda q=quota, t=target: self.quota_usage(q) <= t, "quota")
+                done += await self.evict_off_loop(self.quota_candidates(quota),
+                                                  lambda q=quota, t=target: self.quota_usage(q) - t, "quota")
         budget = self.settings.max_size
         if budget and self.used() + need > budget:
             target = int(budget * self.settings.evict_to) - need
-            done += await self._evict(self.candidates("budget"), lambda: self.used() <= target, "budget")
+            done += await self.evict_off_loop(self.candidates("budget"), lambda: self.used() - target, "budget")
         floor = self.min_free_bytes()
         if floor and self.free_bytes() - need < floor:
             start_used = self.used()
             deficit = int(floor / self.settings.evict_to) - (self.free_bytes() - need)
-            done += await self._evict(self.candidates("min_free"), lambda: start_used - self.used() >= deficit,
-                                      "min_free")
+            done += await self.evict_off_loop(self.candidates("min_free"),
+                                              lambda: deficit - (start_used - self.used()), "min_free")
         if done:
             self.sweep_orphans()
-        return done
-
-    async def _evict(self, candidates: Iterator[tuple[int, str, str]], satisfied: Callable[[], bool],
-                     reason: str) -> list[Eviction]:
-        done = []
-        for t, repo, digest in candidates:
-            if satisfied():
-                break
-            if (ev := await self.evict_root_off_loop(repo, digest, t, reason)) is not None:
-                done.append(ev)
         return done
 
     @staticmethod

@@ -6,7 +6,8 @@ Column families (keys are bytes; ``\\0`` separates parts, since no repository na
 ================  =====================================  =======================================================
 column family     key                                    value
 ================  =====================================  =======================================================
-blobs             ``<digest>``                           :class:`BlobRecord` (size, times, lease, orphan time)
+blobs             ``<digest>``                           :class:`BlobRecord` (size, times, lease, orphan time,
+                                                         how many ``blob_refs`` and ``links`` keys it has)
 links             ``<digest>\\0<repo>``                   size (8 bytes LE): the blob is visible in that repo
 manifests         ``<repo>\\0<digest>``                   :class:`ManifestRecord` (media type, size, references)
 bodies            ``<repo>\\0<digest>``                   the manifest's exact bytes
@@ -141,6 +142,9 @@ class Mutation:
         self.deltas: dict[str, int] = {}
         self.removed = Removed([], [], [])
         self._iters: dict[str, Any] = {}
+        # Set by plan_manifest_deletion: the in-memory leases; blobs a deletion leaves unreferenced and
+        # unprotected are dropped in the same batch instead of waiting in the orphan index.
+        self.lease_of: Callable[[str], int] | None = None
 
     # -- raw access ------------------------------------------------------------------------------------
     def get(self, cf: str, key: bytes) -> bytes | None:
@@ -162,6 +166,11 @@ class Mutation:
 
     def discard(self) -> None:
         """Drop a batch that will not be written (its iterators would otherwise hold the database open)."""
+        self._iters.clear()
+
+    def done_reading(self) -> None:
+        """Close the iterators once the batch is built, in the thread that built it: freeing what an iterator
+        pinned (memtables, blocks) can take a while, and should not land on the loop that writes the batch."""
         self._iters.clear()
 
     def _iter(self, cf: str) -> Any:
@@ -501,15 +510,15 @@ class Index:
         rec = m.blob(digest)
         created = rec is None
         if rec is None:
-            rec = BlobRecord(size=size, created=now, last_used=now)
+            rec = BlobRecord(size=size, created=now, last_used=now, refs=0, links=0)
             m.count("stored_bytes", size)
             m.count("disk_bytes", size)
             m.count("blob_bytes", size)
             m.count("blobs", 1)
             if compress:
                 m.put("meta", b"compress:" + digest.encode())
+        self._link(m, digest, repo, rec)
         self._lease(m, digest, rec, now + grace_ms)
-        self._link(m, digest, repo, rec.size, rec.size - rec.stored_size)
         m.delete("meta", b"commit:" + digest.encode())
         self.write(m)
         return created
@@ -520,17 +529,35 @@ class Index:
         rec = m.blob(digest)
         if rec is None:
             return False
+        self._link(m, digest, repo, rec)
         self._lease(m, digest, rec, self.now_ms() + grace_ms)
-        self._link(m, digest, repo, rec.size, rec.size - rec.stored_size)
         self.write(m)
         return True
 
-    def _link(self, m: Mutation, digest: str, repo: str, size: int, saved: int = 0) -> None:
+    def _link(self, m: Mutation, digest: str, repo: str, rec: BlobRecord) -> None:
+        """Make ``digest`` visible in ``repo``; counts it in ``rec`` (the caller writes the record)."""
         if m.get("links", _k(digest, repo)) is None:
-            m.put("links", _k(digest, repo), _U64.pack(size))
-            m.repo_usage(repo, size)
-            if saved:
-                self._repo_saved(m, repo, saved)
+            self._links_of(m, digest, rec)
+            m.put("links", _k(digest, repo), _U64.pack(rec.size))
+            rec.links += 1
+            m.repo_usage(repo, rec.size)
+            if rec.size != rec.stored_size:
+                self._repo_saved(m, repo, rec.size - rec.stored_size)
+
+    @staticmethod
+    def _refs_of(m: Mutation, digest: str, rec: BlobRecord) -> int:
+        """How many manifests reference the blob, counted into ``rec`` if it predates the count. Call it before
+        the mutation changes the blob's references, so the count it takes matches what it then adjusts."""
+        if rec.refs < 0:
+            rec.refs = len(m.keys_with_prefix("blob_refs", digest.encode() + SEP))
+        return rec.refs
+
+    @staticmethod
+    def _links_of(m: Mutation, digest: str, rec: BlobRecord) -> int:
+        """How many repositories the blob is visible in; as :meth:`_refs_of`."""
+        if rec.links < 0:
+            rec.links = len(m.keys_with_prefix("links", digest.encode() + SEP))
+        return rec.links
 
     def _lease(self, m: Mutation, digest: str, rec: BlobRecord, until: int, *, held: bool = False) -> None:
         """Protect a blob until ``until`` (an upload lease, or with ``held`` a HEAD/GET one; see BlobRecord);
@@ -540,7 +567,7 @@ class Index:
             rec.held_until = max(rec.held_until, until)
         else:
             rec.lease_until = max(rec.lease_until, until)
-        if m.has_prefix("blob_refs", digest.encode() + SEP):
+        if self._refs_of(m, digest, rec) > 0:
             m.put_blob(digest, rec)
             return
         new_at = max(rec.orphan_at, until)
@@ -571,7 +598,10 @@ class Index:
         prefix = _k(digest, repo) + SEP
         for key in m.keys_with_prefix("blob_refs", prefix):
             self._delete_manifest(m, repo, key[len(prefix):].decode())
-        self._unlink(m, digest, repo)
+        rec = m.blob(digest)
+        self._unlink(m, digest, repo, rec)
+        if rec is not None:
+            m.put_blob(digest, rec)
         self.write(m)
         return m.removed
 
@@ -584,13 +614,19 @@ class Index:
         self.write(m)
         return m.removed
 
-    def _drop_blob(self, m: Mutation, digest: str) -> None:
-        rec = m.blob(digest)
+    def _drop_blob(self, m: Mutation, digest: str, rec: BlobRecord | None = None, repo: str | None = None) -> None:
+        """Remove a blob's record and links (its file goes after the write: the ``unlink:`` intent). ``repo``:
+        one repository it is known to be visible in; when that is its only one, no iterator is needed."""
+        rec = rec or m.blob(digest)
         if rec is None:
             return
-        prefix = digest.encode() + SEP
-        for key, raw in m.items_with_prefix("links", prefix):
-            self._unlink(m, digest, key[len(prefix):].decode(), raw)
+        only = m.get("links", _k(digest, repo)) if repo is not None and rec.links == 1 else None
+        if only is not None:
+            self._unlink(m, digest, repo, rec, only)  # type: ignore[arg-type]
+        else:
+            prefix = digest.encode() + SEP
+            for key, raw in m.items_with_prefix("links", prefix):
+                self._unlink(m, digest, key[len(prefix):].decode(), rec, raw)
         if rec.orphan_at:
             m.delete("orphans", t_key(rec.orphan_at) + digest.encode())
         m.delete("blobs", digest.encode())
@@ -603,16 +639,20 @@ class Index:
             m.count("compressed_blobs", -1)
         m.removed.blobs.append((digest, rec.stored_size))
 
-    def _unlink(self, m: Mutation, digest: str, repo: str, raw: bytes | None = None) -> None:
-        """Stop ``digest`` being visible in ``repo`` (``raw``: its link value, when the caller has it)."""
+    def _unlink(self, m: Mutation, digest: str, repo: str, rec: BlobRecord | None, raw: bytes | None = None) -> None:
+        """Stop ``digest`` being visible in ``repo`` (``raw``: its link value, when the caller has it); counts it
+        in ``rec`` (the caller writes or deletes the record)."""
         if raw is None:
             raw = m.get("links", _k(digest, repo))
         if raw is not None:
+            if rec is not None:
+                self._links_of(m, digest, rec)
             m.delete("links", _k(digest, repo))
             m.repo_usage(repo, -_U64.unpack(raw)[0])
-            rec = m.blob(digest)
-            if rec is not None and rec.stored_size != rec.size:
-                self._repo_saved(m, repo, rec.stored_size - rec.size)
+            if rec is not None:
+                rec.links = max(0, rec.links - 1)
+                if rec.stored_size != rec.size:
+                    self._repo_saved(m, repo, rec.stored_size - rec.size)
 
     def forget_unlink(self, digests: list[str]) -> None:
         m = self.mutation()
@@ -629,7 +669,7 @@ class Index:
         """Remove one due orphan unless it got referenced or leased since; then move its key to the lease end."""
         m = self.mutation()
         rec = m.blob(digest)
-        if rec is None or rec.orphan_at == 0 or m.has_prefix("blob_refs", digest.encode() + SEP):
+        if rec is None or rec.orphan_at == 0 or self._refs_of(m, digest, rec) > 0:
             m.delete("orphans", key)
             if rec is not None and rec.orphan_at and t_key(rec.orphan_at) + digest.encode() == key:
                 rec.orphan_at = 0
@@ -641,7 +681,7 @@ class Index:
             self._lease(m, digest, rec, until, held=True)
             self.write(m)
             return None
-        self._drop_blob(m, digest)
+        self._drop_blob(m, digest, rec)
         self.write(m)
         return m.removed
 
@@ -660,9 +700,12 @@ class Index:
             m.count("manifest_bytes", rec.size)
             m.count("manifests", 1)
             for blob in dict.fromkeys(rec.blobs):
-                m.put("blob_refs", _k(blob, repo, digest))
                 brec = m.blob(blob)
-                if brec is not None and (brec.orphan_at or brec.lease_until):
+                if brec is not None:
+                    self._refs_of(m, blob, brec)
+                m.put("blob_refs", _k(blob, repo, digest))
+                if brec is not None:
+                    brec.refs += 1
                     # Referenced now: out of the orphan index, and its upload lease has done its job (a HEAD
                     # lease, held_until, stays: see BlobRecord).
                     if brec.orphan_at:
@@ -739,22 +782,19 @@ class Index:
         self.write(m)
         return m.removed
 
-    def plan_manifest_deletion(self, repo: str, digest: str,
-                               lease_of: Callable[[str], int] | None = None) -> Mutation | None:
+    def plan_manifest_deletion(self, repo: str, digest: str, lease_of: Callable[[str], int] | None = None,
+                               m: Mutation | None = None) -> Mutation | None:
         """The batch :meth:`delete_manifest` writes, built but not written (None: no such manifest).
 
         Building reads only RocksDB, so eviction builds its batches in a worker thread while the loop serves
-        requests, then writes each on the loop with :meth:`write_if_current`."""
-        m = self.mutation()
+        requests, then writes them on the loop with :meth:`write_if_current`. Given ``m``, the deletion is added
+        to that batch, seeing what it already deletes (eviction chains several roots into one batch)."""
+        m = m or self.mutation()
         if m.manifest(repo, digest) is None:
             return None
+        m.lease_of = lease_of
         self._delete_manifest(m, repo, digest)
-        if lease_of is not None:
-            now = self.now_ms()
-            for blob in m.removed.orphans:
-                rec = m.blob(blob)
-                if rec is not None and max(rec.protected_until(), lease_of(blob)) <= now:
-                    self._drop_blob(m, blob)
+        m.lease_of = None
         return m
 
     def _delete_manifest(self, m: Mutation, repo: str, digest: str) -> None:
@@ -783,14 +823,22 @@ class Index:
             self._delete_manifest(m, repo, pkey[len(key) + 1:].decode())
         now = self.now_ms()
         for blob in dict.fromkeys(rec.blobs):
+            brec = m.blob(blob)
+            if brec is not None:
+                self._refs_of(m, blob, brec)
             m.delete("blob_refs", _k(blob, repo, digest))
-            if not m.has_prefix("blob_refs", blob.encode() + SEP):
-                brec = m.blob(blob)
-                if brec is not None and not brec.orphan_at:
-                    brec.orphan_at = max(now, brec.protected_until())
-                    m.put("orphans", t_key(brec.orphan_at) + blob.encode())
-                    m.put_blob(blob, brec)
-                    m.removed.orphans.append(blob)
+            if brec is None:
+                continue
+            brec.refs = max(0, brec.refs - 1)
+            if brec.refs or brec.orphan_at:
+                m.put_blob(blob, brec)
+            elif m.lease_of is not None and max(brec.protected_until(), m.lease_of(blob)) <= now:
+                self._drop_blob(m, blob, brec, repo)  # unreferenced and unprotected: goes in this batch
+            else:
+                brec.orphan_at = max(now, brec.protected_until())
+                m.put("orphans", t_key(brec.orphan_at) + blob.encode())
+                m.put_blob(blob, brec)
+                m.removed.orphans.append(blob)
         for child in dict.fromkeys(rec.children):
             m.delete("child_refs", _k(repo, child, digest))
             crec = m.manifest(repo, child)

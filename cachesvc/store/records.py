@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 _BLOB_V1 = struct.Struct("<BQQQQQQ")
-_BLOB = struct.Struct("<BQQQQQQQ")
-_BLOB_VERSION = 2
+_BLOB_V2 = struct.Struct("<BQQQQQQQ")
+_BLOB = struct.Struct("<BQQQQQQQqq")
+_BLOB_VERSION = 3
 
 
 @dataclass(slots=True)
@@ -24,6 +25,11 @@ class BlobRecord:
     ``lease_until`` (upload or mount: ends when a manifest references the blob, or at the end of the grace) and
     ``held_until`` (a client was told "exists" by HEAD or GET: lasts the grace period, whatever manifests do,
     since that client's own manifest has not been pushed yet and another builder's cannot end its lease).
+
+    ``refs`` counts the manifests that reference the blob (its ``blob_refs`` keys) and ``links`` the repositories
+    it is visible in (its ``links`` keys), so deciding "still referenced?" and finding its only link cost a
+    point read instead of an iterator seek. -1: not counted yet (a record written before version 3); the index
+    counts it the first time it changes one.
     """
 
     size: int
@@ -33,6 +39,8 @@ class BlobRecord:
     orphan_at: int = 0
     stored_size: int = -1
     held_until: int = 0
+    refs: int = -1
+    links: int = -1
 
     def __post_init__(self) -> None:
         if self.stored_size < 0:
@@ -43,15 +51,15 @@ class BlobRecord:
 
     def encode(self) -> bytes:
         return _BLOB.pack(_BLOB_VERSION, self.size, self.created, self.last_used, self.lease_until,
-                          self.orphan_at, self.stored_size, self.held_until)
+                          self.orphan_at, self.stored_size, self.held_until, self.refs, self.links)
 
     @classmethod
     def decode(cls, data: bytes) -> BlobRecord:
-        if len(data) == _BLOB_V1.size:
-            _v, size, created, last_used, lease_until, orphan_at, stored = _BLOB_V1.unpack(data)
-            return cls(size, created, last_used, lease_until, orphan_at, stored)
-        _v, size, created, last_used, lease_until, orphan_at, stored, held = _BLOB.unpack(data)
-        return cls(size, created, last_used, lease_until, orphan_at, stored, held)
+        if len(data) == _BLOB.size:
+            return cls(*_BLOB.unpack(data)[1:])
+        if len(data) == _BLOB_V2.size:
+            return cls(*_BLOB_V2.unpack(data)[1:])
+        return cls(*_BLOB_V1.unpack(data)[1:])
 
 
 @dataclass(slots=True)

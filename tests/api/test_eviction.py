@@ -243,6 +243,11 @@ async def _old_root(reg: Running, repo: str, tag: str) -> tuple[str, int]:
     return digest, rec.last_used
 
 
+def _until_gone(index: object, repo: str, digest: str) -> object:
+    """``excess`` for Evictor.evict_off_loop: one byte still to free while the root is there."""
+    return lambda: 1 if index.manifest(repo, digest) is not None else 0  # type: ignore[attr-defined]
+
+
 async def test_off_loop_eviction_rebuilds_a_batch_made_stale_by_a_write(make_server, clock) -> None:
     """The batch is built in a worker thread; a write that lands meanwhile makes it stale, and it is built
     again from the new state rather than written over it."""
@@ -252,7 +257,7 @@ async def test_off_loop_eviction_rebuilds_a_batch_made_stale_by_a_write(make_ser
     ev, index = reg.store.evictor, reg.store.index
     digest, last_used = await _old_root(reg, "cache/app", "old")
     plans = []
-    build = ev._plan
+    build = ev._plan_chain
 
     def plan_then_write(*args: object) -> object:
         planned = build(*args)  # type: ignore[arg-type]
@@ -261,9 +266,10 @@ async def test_off_loop_eviction_rebuilds_a_batch_made_stale_by_a_write(make_ser
             index.set_meta_value("test-marker", b"x")  # some other mutation, written after the reads
         return planned
 
-    ev._plan = plan_then_write  # type: ignore[method-assign]
-    evicted = await ev.evict_root_off_loop("cache/app", digest, last_used, "budget")
-    assert len(plans) == 2 and evicted is not None and evicted.blobs == 2
+    ev._plan_chain = plan_then_write  # type: ignore[method-assign]
+    evicted = await ev.evict_off_loop(iter([(last_used, "cache/app", digest)]),
+                                      _until_gone(index, "cache/app", digest), "budget")  # type: ignore[arg-type]
+    assert len(plans) == 2 and len(evicted) == 1 and evicted[0].blobs == 2
     assert index.manifest("cache/app", digest) is None and index.blob(sha256(layers[0])) is None
     assert index.meta_value("test-marker") == b"x"
     assert await reg.store.reclaimer.drained(10)
@@ -277,7 +283,7 @@ async def test_off_loop_eviction_keeps_a_blob_leased_while_the_batch_was_built(m
     clock.advance(60)
     ev = reg.store.evictor
     digest, last_used = await _old_root(reg, "cache/app", "old")
-    build = ev._plan
+    build = ev._plan_chain
     layer = sha256(layers[0])
 
     def plan_then_head(*args: object) -> object:
@@ -285,9 +291,11 @@ async def test_off_loop_eviction_keeps_a_blob_leased_while_the_batch_was_built(m
         reg.store.recency.lease_blob(layer)  # what HEAD does, noted in memory on the loop
         return planned
 
-    ev._plan = plan_then_head  # type: ignore[method-assign]
-    evicted = await ev.evict_root_off_loop("cache/app", digest, last_used, "budget")
-    assert evicted is not None and evicted.blobs == 1  # the config went, the leased layer did not
+    ev._plan_chain = plan_then_head  # type: ignore[method-assign]
+    evicted = await ev.evict_off_loop(iter([(last_used, "cache/app", digest)]),
+                                      _until_gone(reg.store.index, "cache/app", digest),  # type: ignore[arg-type]
+                                      "budget")
+    assert len(evicted) == 1 and evicted[0].blobs == 1  # the config went, the leased layer did not
     async with reg.http.head(f"/v2/cache/app/blobs/{layer}") as r:
         assert r.status == 200
     async with reg.http.get(f"/v2/cache/app/blobs/{layer}") as r:
@@ -300,7 +308,7 @@ async def test_off_loop_eviction_skips_a_root_used_while_the_batch_was_built(mak
     clock.advance(60)
     ev = reg.store.evictor
     digest, last_used = await _old_root(reg, "cache/app", "old")
-    build = ev._plan
+    build = ev._plan_chain
 
     def plan_then_pull(*args: object) -> object:
         planned = build(*args)  # type: ignore[arg-type]
@@ -308,6 +316,42 @@ async def test_off_loop_eviction_skips_a_root_used_while_the_batch_was_built(mak
         reg.store.recency.touch_manifest("cache/app", digest)  # what GET manifest does
         return planned
 
-    ev._plan = plan_then_pull  # type: ignore[method-assign]
-    assert await ev.evict_root_off_loop("cache/app", digest, last_used, "budget") is None
+    ev._plan_chain = plan_then_pull  # type: ignore[method-assign]
+    assert await ev.evict_off_loop(iter([(last_used, "cache/app", digest)]),
+                                   _until_gone(reg.store.index, "cache/app", digest),  # type: ignore[arg-type]
+                                   "budget") == []
     assert await served_whole(reg, "cache/app", "old")
+
+
+async def test_roots_chained_into_one_batch_free_a_blob_they_share_and_keep_one_a_survivor_needs(
+        make_server, clock) -> None:
+    """Several roots go in one batch: a blob two of them share goes with the second (the batch sees its own
+    deletions), a blob shared with a root that stays is kept, and each root is recorded with its own part."""
+    reg = await make_server(upload_grace=0)
+    shared_gone, shared_kept = os.urandom(20 * KB), os.urandom(20 * KB)
+    await image(reg, "cache/app", "old1", shared=shared_gone)
+    await image(reg, "cache/app", "old2", shared=shared_gone)
+    old3 = await image(reg, "cache/other", "old3", shared=shared_kept)
+    clock.advance(60)
+    await image(reg, "cache/other", "new", shared=shared_kept)
+    ev, index = reg.store.evictor, reg.store.index
+    chains = []
+    build = ev._plan_chain
+
+    def counted(*args: object) -> object:
+        chain = build(*args)  # type: ignore[arg-type]
+        chains.append(len(chain.roots))  # type: ignore[attr-defined]
+        return chain
+
+    ev._plan_chain = counted  # type: ignore[method-assign]
+    olds = [(*reversed(await _old_root(reg, repo, tag)), repo) for repo, tag in
+            (("cache/app", "old1"), ("cache/app", "old2"), ("cache/other", "old3"))]
+    candidates = iter([(t, repo, d) for t, d, repo in olds])
+    evicted = await ev.evict_off_loop(candidates, lambda: 1 << 40, "budget")  # type: ignore[arg-type]
+    assert chains[0] == 3 and [e.tags for e in evicted] == [["old1"], ["old2"], ["old3"]]
+    # old1: its own layer and config; old2: its own two and the layer it shared with old1; old3: its own two.
+    assert [e.blobs for e in evicted] == [2, 3, 2]
+    assert index.blob(sha256(shared_gone)) is None and index.blob(sha256(old3[0])) is None
+    assert index.blob(sha256(shared_kept)) is not None
+    assert await served_whole(reg, "cache/other", "new")
+    assert not await served_whole(reg, "cache/app", "old2")

@@ -2,7 +2,7 @@
 
 Invariants checked after every step, against a real RocksDB and real files:
 * every manifest reachable by a tag has every blob it names: indexed, visible in its repository, file on disk;
-* the counters agree with a recount of what is stored;
+* the counters agree with a recount of what is stored, and so do each blob's reference and link counts;
 * after an eviction pass the store is within budget, unless no root is left to evict;
 * the most recently used root survives an eviction pass while any root survives.
 """
@@ -94,8 +94,12 @@ class Harness:
                 assert index.blob(blob) is not None, f"{repo}:{tag} needs unindexed {blob}"
                 assert index.linked_size(blob, repo) is not None, f"{repo}:{tag} needs unlinked {blob}"
                 assert files.exists(blob), f"{repo}:{tag} needs {blob} whose file is gone"
-        for _, value in index.scan("blobs"):
+        for key, value in index.scan("blobs"):
             brec = BlobRecord.decode(value)
+            digest = key.decode()
+            refs = sum(1 for _ in index.scan_keys("blob_refs", key + b"\0"))
+            links = sum(1 for _ in index.scan_keys("links", key + b"\0"))
+            assert (brec.refs, brec.links) == (refs, links), f"{digest}: counted {brec.refs}/{brec.links}"
             stored += brec.stored_size
             blob_bytes += brec.size
             nblobs += 1
