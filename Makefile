@@ -4,9 +4,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 # Real registry clients the end-to-end tests drive, the peer registry benchmarks compare against, and the
-# load generators they use (wrk; ab from apache2-utils, because wrk cannot complete HEAD requests).
+# load generators they use (wrk; ab from apache2-utils, because wrk cannot complete HEAD requests). pigz: dockerd
+# decompresses layers with unpigz when it is on PATH, and builder-image's builders have it.
 DEBIAN_TEST_PACKAGES := skopeo buildah docker.io docker-registry busybox-static umoci wrk apache2-utils shellcheck \
-	e2fsprogs xfsprogs util-linux iproute2 procps systemd openssl chromium zstd
+	e2fsprogs xfsprogs util-linux iproute2 procps systemd openssl chromium zstd pigz
 
 .PHONY: run install install-test install-bench system-deps test lint bench bench-smoke clean
 

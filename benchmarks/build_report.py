@@ -67,7 +67,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"Run {result['started']} ({result['seconds']:.0f} s) on {m['cpus']} x {m['cpu_model']}, "
         f"{m['memory_gib']} GiB, Linux {m['kernel']}; load average {m['loadavg_before']:.1f} just before.  ",
         f"Engine: {engine.get('engine', '?')} ({engine.get('storage_driver', '?')}); cachesvc {v.get('cachesvc')}; "
-        f"{v.get('distribution', 'distribution ?')}.  ",
+        f"{v.get('distribution', 'distribution ?')}; layers decompressed with "
+        f"{'unpigz (pigz)' if v.get('unpigz') else 'Go gzip (no unpigz on PATH)'}.  ",
         f"Fixture: {st['fixture_text']}; {st['reps']} run(s) per scenario, medians shown.  ",
         f"Hosted-CI cache bandwidth {st['tarball_rate'] / MB:.0f} MB/s; link to the remote registry "
         f"{st['link_rate'] / 1e6:.0f} Mbit/s (`{facts.get('link', '?')}`).  ",

@@ -741,6 +741,10 @@ find_binaries() {
 			[[ $addr != tcp://* ]] || say "warning: $addr is unauthenticated without --engine-tls-dir: anyone who reaches it can run builds as root"
 		done
 	fi
+	# dockerd decompresses pulled layers with unpigz when it finds it, with Go's slower gzip otherwise.
+	if [[ $ENGINE == dockerd ]] && ! command -v unpigz >/dev/null; then
+		say "warning: unpigz not found: dockerd will unpack cached layers with Go's gzip, slower (apt-get install pigz)"
+	fi
 }
 
 # ------------------------------------------------------------------------------------------------------------
