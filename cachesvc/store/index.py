@@ -615,14 +615,16 @@ class Index:
         return m.removed
 
     def _drop_blob(self, m: Mutation, digest: str, rec: BlobRecord | None = None, repo: str | None = None) -> None:
-        """Remove a blob's record and links (its file goes after the write: the ``unlink:`` intent). ``repo``:
-        one repository it is known to be visible in; when that is its only one, no iterator is needed."""
+        """Remove a blob's record and links (its file goes after the write: the ``unlink:`` intent).
+
+        ``repo``: a repository it is visible in, because a manifest there referenced it (a manifest is stored
+        only when its blobs are visible in its repository, and a blob stops being visible in one only after the
+        manifests there that use it are gone). When that is its only link, nothing needs to be read to find it."""
         rec = rec or m.blob(digest)
         if rec is None:
             return
-        only = m.get("links", _k(digest, repo)) if repo is not None and rec.links == 1 else None
-        if only is not None:
-            self._unlink(m, digest, repo, rec, only)  # type: ignore[arg-type]
+        if repo is not None and rec.links == 1:
+            self._unlink(m, digest, repo, rec, _U64.pack(rec.size))  # a link's value is the blob's size
         else:
             prefix = digest.encode() + SEP
             for key, raw in m.items_with_prefix("links", prefix):

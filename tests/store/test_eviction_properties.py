@@ -3,6 +3,7 @@
 Invariants checked after every step, against a real RocksDB and real files:
 * every manifest reachable by a tag has every blob it names: indexed, visible in its repository, file on disk;
 * the counters agree with a recount of what is stored, and so do each blob's reference and link counts;
+* no link or manifest reference outlives the blob it names;
 * after an eviction pass the store is within budget, unless no root is left to evict;
 * the most recently used root survives an eviction pass while any root survives.
 """
@@ -106,6 +107,10 @@ class Harness:
         for _, value in index.scan("manifests"):
             stored += ManifestRecord.decode(value).size
             nmanifests += 1
+        for cf in ("links", "blob_refs"):  # no link or reference outlives its blob
+            for key, _ in index.scan(cf):
+                blob = key.split(b"\0", 1)[0].decode()
+                assert index.blob(blob) is not None, f"{cf} entry {key!r} for a blob that is gone"
         c = index.counters
         assert (c["disk_bytes"], c["blob_bytes"], c["blobs"], c["manifests"]) == (stored, blob_bytes, nblobs,
                                                                                    nmanifests)
