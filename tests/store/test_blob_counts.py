@@ -51,7 +51,8 @@ def as_version_2(index: Index, d: str) -> None:
     assert counts(index, d) == (-1, -1)
 
 
-def test_counts_follow_links_references_and_deletes(tmp_path: Path) -> None:
+def two_repositories(tmp_path: Path) -> tuple[Index, str, str, str]:
+    """``shared`` visible in cache/a and cache/b and used by a manifest in each; ``own`` only by ``first``."""
     index = Index(tmp_path / "index", clock=time.time)
     shared, own = digest(1), digest(2)
     for repo in ("cache/a", "cache/b"):
@@ -59,6 +60,11 @@ def test_counts_follow_links_references_and_deletes(tmp_path: Path) -> None:
     index.add_blob(own, 10, "cache/a", grace_ms=0)
     first = manifest(index, "cache/a", 1, [shared, own], "one")
     manifest(index, "cache/b", 2, [shared], "two")
+    return index, shared, own, first
+
+
+def test_counts_follow_links_references_and_deletes(tmp_path: Path) -> None:
+    index, shared, own, first = two_repositories(tmp_path)
     assert counts(index, shared) == recount(index, shared) == (2, 2)
     assert counts(index, own) == recount(index, own) == (1, 1)
 
@@ -71,13 +77,7 @@ def test_counts_follow_links_references_and_deletes(tmp_path: Path) -> None:
 
 
 def test_records_without_counts_are_counted_when_first_changed(tmp_path: Path) -> None:
-    index = Index(tmp_path / "index", clock=time.time)
-    shared, own = digest(1), digest(2)
-    for repo in ("cache/a", "cache/b"):
-        index.add_blob(shared, 10, repo, grace_ms=0)
-    index.add_blob(own, 10, "cache/a", grace_ms=0)
-    first = manifest(index, "cache/a", 1, [shared, own], "one")
-    manifest(index, "cache/b", 2, [shared], "two")
+    index, shared, own, first = two_repositories(tmp_path)
     as_version_2(index, shared)
     as_version_2(index, own)
 
