@@ -166,7 +166,9 @@ class Evictor:
 
         The candidate came from an ordered scan that requests may have overtaken: a root used since (even if
         that use is not flushed yet) or no longer a root is skipped, unless an operator asked for it by name."""
-        return self._apply(self._plan(repo, digest, last_used, reason), repo, digest, last_used, reason)
+        chain = self._plan_chain([(last_used, repo, digest)], iter(()), ALL, reason, 1)  # on the loop: never stale
+        evicted = self._apply_chain(chain, reason) if chain.roots else None
+        return evicted[0] if evicted else None
 
     async def evict_off_loop(self, candidates: Iterator[tuple[int, str, str]], excess: Callable[[], int],
                              reason: str) -> list[Eviction]:
@@ -205,8 +207,9 @@ class Evictor:
 
     def _plan_chain(self, retry: list[tuple[int, str, str]], candidates: Iterator[tuple[int, str, str]],
                     want: int, reason: str, limit: int) -> Chain:
-        """In the worker: chain roots (``retry`` first, then ``candidates``) into one deletion batch until they
-        free ``want`` bytes, or ``limit`` roots, or :data:`CHAIN_BLOBS` blobs are in it."""
+        """Chain roots (``retry`` first, then ``candidates``) into one deletion batch (reads only) until they
+        free ``want`` bytes, or ``limit`` roots, or :data:`CHAIN_BLOBS` blobs are in it. Runs in the worker
+        (evict_off_loop) or, for one root, on the loop (evict_root)."""
         m = self.index.mutation()  # its write count is read before any key: see Index.write_if_current
         chain = Chain(m)
         source = itertools.chain(retry, candidates)
@@ -220,7 +223,7 @@ class Evictor:
                     break
         else:
             chain.exhausted = True
-        m.done_reading()
+        m.close_iterators()
         return chain
 
     def _plan_into(self, m: Mutation, repo: str, digest: str, last_used: int, reason: str) -> bool:
@@ -230,9 +233,13 @@ class Evictor:
         if rec is None:
             return False
         if reason != "manual" and (rec.last_used != last_used or not m.is_root_entry(repo, digest, last_used)
-                                   or self.recency.manifests.get((repo, digest), 0) > last_used):
+                                   or self._used_since(repo, digest, last_used)):
             return False
         return self.index.plan_manifest_deletion(repo, digest, self.recency.lease_of, m) is not None
+
+    def _used_since(self, repo: str, digest: str, last_used: int) -> bool:
+        """A request used the root after ``last_used`` (noted in memory, maybe not flushed to the index yet)."""
+        return self.recency.manifests.get((repo, digest), 0) > last_used
 
     def _apply_chain(self, chain: Chain, reason: str) -> list[Eviction] | None:
         """On the loop: write a batch built off the loop and record its roots. None when it went stale while
@@ -240,10 +247,9 @@ class Evictor:
         it) or a HEAD/GET leased a blob it would drop (the next build keeps that blob)."""
         m = chain.mutation
         now = self.index.now_ms()
-        used = reason != "manual" and any(self.recency.manifests.get((r.repo, r.digest), 0) > r.last_used
-                                          for r in chain.roots)
+        used = reason != "manual" and any(self._used_since(r.repo, r.digest, r.last_used) for r in chain.roots)
         if used or any(self.recency.lease_of(d) > now for d, _ in m.removed.blobs):
-            m.discard()
+            m.close_iterators()
             return None
         if not self.index.write_if_current(m):
             return None
@@ -254,26 +260,6 @@ class Evictor:
             manifests, blobs = r.manifests, r.blobs
             out.append(self._record(removed, r.repo, r.digest, r.tags, r.last_used, reason))
         return out
-
-    def _apply(self, planned: tuple[Mutation, list[str]] | None, repo: str, digest: str, last_used: int,
-               reason: str) -> Eviction | None:
-        """On the loop: write one root's batch. None when the root is gone or was used since it was listed."""
-        if planned is None:
-            return None
-        m, tags = planned
-        if reason != "manual" and self.recency.manifests.get((repo, digest), 0) > last_used:
-            m.discard()
-            return None
-        self.index.write(m)
-        return self._record(m.removed, repo, digest, tags, last_used, reason)
-
-    def _plan(self, repo: str, digest: str, last_used: int, reason: str) -> tuple[Mutation, list[str]] | None:
-        """Build one root's deletion batch (reads only). None when the root is gone or moved on."""
-        m = self.index.mutation()
-        if not self._plan_into(m, repo, digest, last_used, reason):
-            m.discard()
-            return None
-        return m, self.index.tags_of(repo, digest)
 
     def _record(self, removed: Removed, repo: str, digest: str, tags: list[str], last_used: int,
                 reason: str) -> Eviction:

@@ -164,13 +164,10 @@ class Mutation:
     def count(self, name: str, delta: int) -> None:
         self.deltas[name] = self.deltas.get(name, 0) + delta
 
-    def discard(self) -> None:
-        """Drop a batch that will not be written (its iterators would otherwise hold the database open)."""
-        self._iters.clear()
-
-    def done_reading(self) -> None:
-        """Close the iterators once the batch is built, in the thread that built it: freeing what an iterator
-        pinned (memtables, blocks) can take a while, and should not land on the loop that writes the batch."""
+    def close_iterators(self) -> None:
+        """Done reading: iterators pin the database open and its files in memory. Closed when the batch is
+        written or dropped, and by eviction's worker as soon as it has built one, since freeing what an
+        iterator pinned can take a while and should not land on the loop that writes the batch."""
         self._iters.clear()
 
     def _iter(self, cf: str) -> Any:
@@ -350,7 +347,7 @@ class Index:
         new = {name: self.counters[name] + d for name, d in m.deltas.items() if d}
         for name, value in new.items():
             m.batch.put(b"counter:" + name.encode(), _I64.pack(value), self.handles["meta"])
-        m._iters.clear()  # iterators pin the database open and its files in memory
+        m.close_iterators()
         self.db.write(m.batch, self.write_options)
         self.writes += 1  # after the write: a mutation built meanwhile sees a different count at commit
         self.counters.update(new)
@@ -359,7 +356,7 @@ class Index:
         """Write a mutation built off the loop, unless anything was written since it started reading (its
         reads could be stale then; the caller builds it again). On the loop thread only."""
         if m.writes_seen != self.writes:
-            m.discard()
+            m.close_iterators()
             return False
         self.write(m)
         return True
