@@ -39,6 +39,7 @@ from tests.support.servers import Cachesvc
 
 BLOB_SIZE = 100_000  # what each record claims (the files are empty: disk use is not what is measured)
 BLOBS_PER_ROOT = 20
+IDLE_SECONDS = 20  # idle probing: a window not much shorter than the eviction pass, so both see as many hiccups
 
 
 def fill(root: Path, roots: int, progress: Any) -> tuple[int, float]:
@@ -176,6 +177,12 @@ def pct(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, int(p / 100 * len(xs)))] if xs else float("nan")
 
 
+def settle_disk() -> None:
+    """Write back what copying (and removing the last run's copy of) a million directory entries left dirty:
+    otherwise the kernel does it during the idle measurement, whose tail it inflates several-fold."""
+    os.sync()
+
+
 def copy_store(src: Path, dest: Path) -> None:
     """A private copy of a filled store: the index copied, blob files hard-linked (eviction unlinks names,
     never changes a file, so the kept fill stays intact)."""
@@ -208,6 +215,7 @@ def run(smoke: bool = False, progress: Any = None, roots: int | None = None,
         for rep in range(reps):
             root = work / f"run-{rep}"
             copy_store(kept, root)
+            settle_disk()
             runs.append(one_run(root, roots, victims, smoke))
             shutil.rmtree(root, ignore_errors=True)
             r = runs[-1]
@@ -234,7 +242,7 @@ def one_run(root: Path, roots: int, victims: int, smoke: bool) -> dict[str, Any]
     u = usage(server.url)
     probe = "sha256:" + hashlib.sha256(f"{roots - 1}/0".encode()).hexdigest()
     path = f"/v2/cache/project-{(roots - 1) % 500}/blobs/{probe}"
-    idle = [ms for _, ms in run_client(head_latencies(server.url, path, 3 if smoke else 10))]
+    idle = [ms for _, ms in run_client(head_latencies(server.url, path, 3 if smoke else IDLE_SECONDS))]
     server.stop()
     # A budget that forces out exactly the `victims` oldest roots.
     per_root = u["disk_bytes"] / roots

@@ -22,18 +22,19 @@ import collections
 import contextlib
 import fnmatch
 import heapq
-import itertools
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from cachesvc.metrics import Metrics
 from cachesvc.priority import lower_this_thread
 from cachesvc.settings import Settings
-from cachesvc.store.index import Index, Mutation, Removed
+from cachesvc.store.index import Index, Removed
+from cachesvc.store.planner import Candidate, Chain, PlannerError, PlannerProcess, plan_chain
 from cachesvc.store.recency import Recency
 from cachesvc.store.reclaim import Reclaimer
 from cachesvc.tasks import cancel_and_wait
@@ -41,8 +42,10 @@ from cachesvc.units import parse_size
 
 log = logging.getLogger("cachesvc.eviction")
 
-CHAIN_ROOTS = 32  # roots chained into one batch built off the loop and written at once...
-CHAIN_BLOBS = 64  # ...and blobs: the loop writes a batch in one go, so its size bounds that pause
+CHAIN_ROOTS = 32  # roots chained into one batch built off the loop and written at once (and CHAIN_BLOBS blobs)
+HELPER_AFTER = 8  # batches a pass writes before its planning moves to a helper process (planner.py)...
+HELPER_DEPTH = 16  # ...which plans this many at once (each plan starts with a catch-up of ~10 ms)
+HELPER_RETRY = 600.0  # seconds before a helper that failed is tried again (meanwhile: the thread plans)
 ALL = 1 << 62  # bytes "still to free" when everything the candidates offer goes (max age)
 PASS_INTERVAL = 5.0  # seconds between background passes (an upload over budget wakes the evictor at once)
 INDEX_RESERVE = 64 * 1024 * 1024  # free space always kept for the index (at most 5 % of a small filesystem)
@@ -60,27 +63,6 @@ class Eviction:
     last_used: float
     bytes: int
     blobs: int = 0
-
-
-@dataclass(slots=True)
-class Chained:
-    """One root in a chained batch; ``manifests``/``blobs``: where its part of the batch's removals ends."""
-
-    repo: str
-    digest: str
-    last_used: int
-    tags: list[str]
-    manifests: int
-    blobs: int
-
-
-@dataclass
-class Chain:
-    """A deletion batch of several roots, built off the loop, that the loop writes at once."""
-
-    mutation: Mutation
-    roots: list[Chained] = field(default_factory=list)
-    exhausted: bool = False  # the candidates ran out while it was built
 
 
 @dataclass
@@ -106,7 +88,8 @@ class Evictor:
     """Runs eviction passes in the background and on demand (an upload that needs room)."""
 
     def __init__(self, settings: Settings, index: Index, reclaimer: Reclaimer, recency: Recency,
-                 metrics: Metrics, *, clock: Callable[[], float], root: str) -> None:
+                 metrics: Metrics, *, clock: Callable[[], float], root: str,
+                 follow_dir: Path | None = None) -> None:
         self.settings = settings
         self.index = index
         self.reclaimer = reclaimer
@@ -119,6 +102,10 @@ class Evictor:
         self.wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._planner = ThreadPoolExecutor(1, "cachesvc-evict", initializer=lower_this_thread)
+        self.follow_dir = follow_dir  # where a helper process keeps its index follower (None: no helper)
+        self._helper: PlannerProcess | None = None
+        self._helper_failed_at: float | None = None
+        self._evicting = 0  # evict_off_loop calls running (a background pass and an upload's can overlap)
         self.last_pass = 0.0
 
     # -- measurements --------------------------------------------------------------------------------------
@@ -166,89 +153,167 @@ class Evictor:
 
         The candidate came from an ordered scan that requests may have overtaken: a root used since (even if
         that use is not flushed yet) or no longer a root is skipped, unless an operator asked for it by name."""
-        chain = self._plan_chain([(last_used, repo, digest)], iter(()), ALL, reason, 1)  # on the loop: never stale
+        chain = plan_chain(self.index, [(last_used, repo, digest)], ALL, reason, 1, self.recency.lease_of,
+                           self._used_since)  # on the loop: never stale
         evicted = self._apply_chain(chain, reason) if chain.roots else None
         return evicted[0] if evicted else None
 
-    async def evict_off_loop(self, candidates: Iterator[tuple[int, str, str]], excess: Callable[[], int],
+    async def evict_off_loop(self, candidates: Iterator[Candidate], excess: Callable[[], int],
                              reason: str) -> list[Eviction]:
         """Evict ``candidates`` in order until ``excess()`` (bytes still to free) is <= 0 or they run out.
 
-        Roots are chained into batches built (all their reads) in a worker thread while the loop keeps serving
-        requests; the loop only checks and writes each batch, one atomic write for several roots. A batch gone
-        stale (something was written meanwhile, or a request used one of its roots or leased one of its blobs)
-        is built again; after a few tries its first root is evicted on the loop."""
+        Roots are chained into batches built (all their reads) off the loop, in a worker thread or, once a pass
+        has written :data:`HELPER_AFTER` batches, in a helper process, while the loop keeps serving requests;
+        the loop only checks and writes each batch, one atomic write for several roots. A batch gone stale
+        (something was written meanwhile, or a request used one of its roots or leased one of its blobs) is
+        built again; after a few tries its first root is evicted on the loop."""
+        self._evicting += 1
+        try:
+            return await self._evict_off_loop(candidates, excess, reason)
+        finally:
+            self._evicting -= 1
+            if self._evicting == 0:  # the helper is for big passes: it does not idle between them
+                await self._close_helper()
+
+    async def _evict_off_loop(self, candidates: Iterator[Candidate], excess: Callable[[], int],
+                              reason: str) -> list[Eviction]:
         loop = asyncio.get_running_loop()
         done: list[Eviction] = []
-        retry: list[tuple[int, str, str]] = []
+        todo: collections.deque[Candidate] = collections.deque()  # listed, not yet planned (retries first)
         exhausted = False
-        stale = 0
-        while (want := excess()) > 0 and (retry or not exhausted):
+        stale = written = 0
+        while (want := excess()) > 0 and (todo or not exhausted):
             limit = 1 if reason == "quota" else CHAIN_ROOTS  # quota usage is not what the batch counts: go singly
-            chain = await loop.run_in_executor(self._planner, self._plan_chain, retry, candidates, want, reason,
-                                               limit)
-            exhausted = chain.exhausted
-            retry = []
-            if not chain.roots:
-                continue
-            evicted = self._apply_chain(chain, reason)
-            if evicted is not None:
+            helper = await self._helper_for(loop) if written >= HELPER_AFTER and reason != "quota" else None
+            exhausted = await loop.run_in_executor(self._planner, self._list_ahead, todo, candidates,
+                                                   limit * HELPER_DEPTH if helper else limit)
+            chains = (self._chains_from_helper(loop, helper, todo, want, reason, limit) if helper
+                      else self._chain_from_thread(loop, todo, want, reason, limit))
+            again: list[Candidate] = []  # roots of batches not written: planned again
+            async for chain in chains:
+                if again or excess() <= 0:  # after a stale batch, the ones planned on top of it are stale too
+                    again += [(r.last_used, r.repo, r.digest) for r in chain.roots]
+                    chain.drop()
+                    continue
+                evicted = self._apply_chain(chain, reason)
+                if evicted is None:
+                    again += [(r.last_used, r.repo, r.digest) for r in chain.roots]
+                    stale += 1
+                    continue
                 stale = 0
+                written += 1
                 done += evicted
-                continue
-            retry = [(r.last_used, r.repo, r.digest) for r in chain.roots]
-            stale += 1
+            todo.extendleft(reversed(again))
+            exhausted = exhausted and not todo
             if stale >= 3:  # written to on every try: take the first root on the loop, then try batches again
-                last_used, repo, digest = retry.pop(0)
+                last_used, repo, digest = todo.popleft()
                 if (ev := self.evict_root(repo, digest, last_used, reason)) is not None:
                     done.append(ev)
                 stale = 0
         return done
 
-    def _plan_chain(self, retry: list[tuple[int, str, str]], candidates: Iterator[tuple[int, str, str]],
-                    want: int, reason: str, limit: int) -> Chain:
-        """Chain roots (``retry`` first, then ``candidates``) into one deletion batch (reads only) until they
-        free ``want`` bytes, or ``limit`` roots, or :data:`CHAIN_BLOBS` blobs are in it. Runs in the worker
-        (evict_off_loop) or, for one root, on the loop (evict_root)."""
-        m = self.index.mutation()  # its write count is read before any key: see Index.write_if_current
-        chain = Chain(m)
-        source = itertools.chain(retry, candidates)
-        for last_used, repo, digest in source:
-            if self._plan_into(m, repo, digest, last_used, reason):
-                removed = m.removed
-                chain.roots.append(Chained(repo, digest, last_used, self.index.tags_of(repo, digest),
-                                           len(removed.manifests), len(removed.blobs)))
-                if (-m.deltas.get("disk_bytes", 0) >= want or len(chain.roots) >= limit
-                        or len(removed.blobs) >= CHAIN_BLOBS):
-                    break
+    @staticmethod
+    def _list_ahead(todo: collections.deque[Candidate], candidates: Iterator[Candidate], ahead: int) -> bool:
+        """In the worker thread: list candidates until ``ahead`` are waiting; True when they ran out."""
+        while len(todo) < ahead:
+            item = next(candidates, None)
+            if item is None:
+                return True
+            todo.append(item)
+        return False
+
+    async def _chain_from_thread(self, loop: asyncio.AbstractEventLoop, todo: collections.deque[Candidate],
+                                 want: int, reason: str, limit: int) -> AsyncIterator[Chain]:
+        """The next batch, planned in the worker thread."""
+        chain = await loop.run_in_executor(self._planner, self._plan_in_thread, todo, want, reason, limit)
+        if chain.roots:
+            yield chain
         else:
-            chain.exhausted = True
-        m.close_iterators()
+            chain.drop()
+
+    def _plan_in_thread(self, todo: collections.deque[Candidate], want: int, reason: str, limit: int) -> Chain:
+        chain = plan_chain(self.index, list(todo), want, reason, limit, self.recency.lease_of, self._used_since)
+        for _ in range(chain.consumed):
+            todo.popleft()
         return chain
 
-    def _plan_into(self, m: Mutation, repo: str, digest: str, last_used: int, reason: str) -> bool:
-        """Add one root's deletion to ``m`` (reads only; any thread). False when the root is gone, moved on,
-        or was used (noted in memory) since the candidate was listed."""
-        rec = m.manifest(repo, digest)
-        if rec is None:
-            return False
-        if reason != "manual" and (rec.last_used != last_used or not m.is_root_entry(repo, digest, last_used)
-                                   or self._used_since(repo, digest, last_used)):
-            return False
-        return self.index.plan_manifest_deletion(repo, digest, self.recency.lease_of, m) is not None
+    async def _chains_from_helper(self, loop: asyncio.AbstractEventLoop, helper: PlannerProcess,
+                                  todo: collections.deque[Candidate], want: int, reason: str,
+                                  limit: int) -> AsyncIterator[Chain]:
+        """Up to :data:`HELPER_DEPTH` batches planned by the helper, received one by one (each message is small,
+        so unpickling it holds the interpreter lock only briefly). If the helper fails, the pass goes on in the
+        thread."""
+        try:
+            writes_seen = await loop.run_in_executor(self._planner, self._ask, helper, todo, want, reason, limit)
+            i = 0
+            while True:
+                got = await loop.run_in_executor(self._planner, helper.next_chain, writes_seen + i)
+                if isinstance(got, int):
+                    for _ in range(got):
+                        todo.popleft()
+                    return
+                i += 1
+                yield got
+        except PlannerError as e:  # what it did not plan is still in ``todo``
+            await loop.run_in_executor(self._planner, self._helper_failed, helper, str(e))
+
+    def _ask(self, helper: PlannerProcess, todo: collections.deque[Candidate], want: int, reason: str,
+             limit: int) -> int:
+        """In the worker thread: send ``todo`` to the helper; returns the write count its plans start from."""
+        writes_seen = self.index.writes  # before the helper catches up: see Index.write_if_current
+        # The helper sees the index only: uses and leases noted in memory and not flushed yet go with it.
+        fresh = [c for c in todo if not self._used_since(c[1], c[2], c[0])]
+        todo.clear()
+        todo.extend(fresh)
+        helper.ask(fresh, want, reason, limit, HELPER_DEPTH, dict(self.recency.leases), self.index.now_ms())
+        return writes_seen
 
     def _used_since(self, repo: str, digest: str, last_used: int) -> bool:
         """A request used the root after ``last_used`` (noted in memory, maybe not flushed to the index yet)."""
         return self.recency.manifests.get((repo, digest), 0) > last_used
 
+    # -- the helper process -----------------------------------------------------------------------------------
+    async def _helper_for(self, loop: asyncio.AbstractEventLoop) -> PlannerProcess | None:
+        """The helper process for this pass, started on first use; None when there is none to use."""
+        if self.follow_dir is None:
+            return None
+        if self._helper_failed_at is not None and self.clock() - self._helper_failed_at < HELPER_RETRY:
+            return None
+        if self._helper is None:
+            helper = PlannerProcess(self.index.path, self.follow_dir)
+            try:
+                await loop.run_in_executor(self._planner, helper.start)
+            except (PlannerError, OSError) as e:
+                await loop.run_in_executor(self._planner, self._helper_failed, helper, str(e))
+                return None
+            log.info("eviction: planning in a helper process (pid %s)", helper.proc.pid if helper.proc else "?")
+            self._helper = helper
+        return self._helper
+
+    def _helper_failed(self, helper: PlannerProcess, why: str) -> None:
+        """In the worker thread (stopping the helper can wait for it)."""
+        log.warning("eviction: %s; planning in the server for the next %.0f s", why, HELPER_RETRY)
+        self._helper_failed_at = self.clock()
+        if self._helper is helper:
+            self._helper = None
+        helper.close()
+
+    async def _close_helper(self) -> None:
+        helper, self._helper = self._helper, None
+        if helper is not None:
+            await asyncio.get_running_loop().run_in_executor(self._planner, helper.close)
+
     def _apply_chain(self, chain: Chain, reason: str) -> list[Eviction] | None:
         """On the loop: write a batch built off the loop and record its roots. None when it went stale while
         it was built: something was written meanwhile, a request used one of its roots (the next build skips
         it) or a HEAD/GET leased a blob it would drop (the next build keeps that blob)."""
-        m = chain.mutation
         now = self.index.now_ms()
         used = reason != "manual" and any(self._used_since(r.repo, r.digest, r.last_used) for r in chain.roots)
-        if used or any(self.recency.lease_of(d) > now for d, _ in m.removed.blobs):
+        if used or (chain.writes_seen != self.index.writes and chain.mutation is None):
+            chain.drop()
+            return None
+        m = chain.batch(self.index)
+        if any(self.recency.lease_of(d) > now for d, _ in m.removed.blobs):
             m.close_iterators()
             return None
         if not self.index.write_if_current(m):
@@ -433,6 +498,7 @@ class Evictor:
 
     async def stop(self) -> None:
         await cancel_and_wait([self._task])
+        await self._close_helper()
         self._planner.shutdown(wait=True)
 
     def poke(self) -> None:

@@ -42,8 +42,9 @@ A *root* is a manifest that is tagged, or that no index in its repository lists;
 that may go are the first keys of ``orphans``. Every mutation is one :class:`Mutation` written as one atomic
 RocksDB WriteBatch, with the counters in the same batch, so a crash leaves either all of it or none of it.
 Mutations are written on the event-loop thread without awaiting, so they never interleave. Eviction builds its
-batches (all reads) in a worker thread and writes one only if nothing was written since it began reading
-(``write_if_current``); otherwise it builds it again.
+batches (all reads) in a worker thread, or in a helper process reading a follower of this index (``follow``,
+``store/planner.py``), and writes one only if nothing was written since it began reading (``write_if_current``);
+otherwise it builds it again.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from rocksdict import (
+    AccessType,
     BlockBasedIndexType,
     BlockBasedOptions,
     Cache,
@@ -83,6 +85,7 @@ _U64 = struct.Struct("<Q")
 
 
 BLOCK_CACHE_BYTES = 32 * 1024 * 1024
+FOLLOWER_CACHE_BYTES = 8 * 1024 * 1024
 MEMTABLE_BUDGET = 32 * 1024 * 1024
 
 
@@ -145,6 +148,29 @@ class Mutation:
         # Set by plan_manifest_deletion: the in-memory leases; blobs a deletion leaves unreferenced and
         # unprotected are dropped in the same batch instead of waiting in the orphan index.
         self.lease_of: Callable[[str], int] | None = None
+        # When set: every key this mutation puts or deletes, per column family (eviction's helper splits one
+        # mutation into consecutive batches by it).
+        self.journal: dict[str, set[bytes]] | None = None
+
+    @classmethod
+    def replay(cls, index: Index, ops: dict[str, dict[bytes, bytes | None]], deltas: dict[str, int],
+               removed: Removed, writes_seen: int) -> Mutation:
+        """A mutation planned elsewhere, for ``index`` to write: ``ops`` holds the final value of every key it
+        touched (None: deleted; a batch's order matters only within a key). Only written, never read from.
+        ``writes_seen``: the writer's count when the planning began, for :meth:`Index.write_if_current`."""
+        m = cls(index)
+        m.writes_seen = writes_seen
+        batch, handles = m.batch, index.handles
+        for cf, items in ops.items():
+            handle = handles[cf]
+            for key, value in items.items():
+                if value is None:
+                    batch.delete(key, handle)
+                else:
+                    batch.put(key, value, handle)
+        m.deltas = dict(deltas)
+        m.removed = removed
+        return m
 
     # -- raw access ------------------------------------------------------------------------------------
     def get(self, cf: str, key: bytes) -> bytes | None:
@@ -156,10 +182,14 @@ class Mutation:
     def put(self, cf: str, key: bytes, value: bytes = b"") -> None:
         self.overlay.setdefault(cf, {})[key] = value
         self.batch.put(key, value, self.index.handles[cf])
+        if self.journal is not None:
+            self.journal.setdefault(cf, set()).add(key)
 
     def delete(self, cf: str, key: bytes) -> None:
         self.overlay.setdefault(cf, {})[key] = None
         self.batch.delete(key, self.index.handles[cf])
+        if self.journal is not None:
+            self.journal.setdefault(cf, set()).add(key)
 
     def count(self, name: str, delta: int) -> None:
         self.deltas[name] = self.deltas.get(name, 0) + delta
@@ -279,24 +309,31 @@ class WalSyncer:
 class Index:
     """Typed reads and atomic mutations of the metadata; see the module docstring for the schema."""
 
-    def __init__(self, path: Path, *, clock: Callable[[], float]) -> None:
+    def __init__(self, path: Path, *, clock: Callable[[], float], follow: Path | None = None) -> None:
+        """Open the index for reading and writing, or with ``follow`` (a directory of its own) as a read-only
+        follower in another process: it sees what the writer wrote up to its last :meth:`catch_up`."""
         self.path = Path(path)
         self.clock = clock
-        cache = Cache(BLOCK_CACHE_BYTES)  # shared by every column family: memory stays bounded
+        cache = Cache(FOLLOWER_CACHE_BYTES if follow else BLOCK_CACHE_BYTES)  # shared by every column family
         opts = _options(cache)
-        opts.create_if_missing(True)
-        opts.create_missing_column_families(True)
+        opts.create_if_missing(follow is None)
+        opts.create_missing_column_families(follow is None)
         opts.set_keep_log_file_num(3)
         opts.set_db_write_buffer_size(MEMTABLE_BUDGET)  # all column families' memtables together
         opts.set_max_background_jobs(2)
         opts.set_max_total_wal_size(64 * 1024 * 1024)
-        self.db = Rdict(str(self.path), opts, column_families={name: _options(cache) for name in COLUMN_FAMILIES})
+        # A follower keeps every table file it knows open (max_open_files -1, the default), so one the writer
+        # compacts away meanwhile stays readable until the next catch-up.
+        access = AccessType.secondary(str(follow)) if follow else AccessType.read_write()
+        self.db = Rdict(str(self.path), opts, column_families={name: _options(cache) for name in COLUMN_FAMILIES},
+                        access_type=access)
         self.cf = {name: self.db.get_column_family(name) for name in COLUMN_FAMILIES}
         self.handles = {name: self.db.get_column_family_handle(name) for name in COLUMN_FAMILIES}
         self.write_options = WriteOptions()
         self.write_options.sync = False
         self.syncer = WalSyncer(self.db)
-        lower_threads_named("rocksdb:")  # flushes and compactions yield the CPU to request serving
+        if follow is None:
+            lower_threads_named("rocksdb:")  # flushes and compactions yield the CPU to request serving
         self.counters = {name: self._read_counter(name) for name in COUNTERS}
         self.writes = 0  # mutations written so far: lets a batch built off the loop tell whether it is stale
         self._pins: list[str] | None = None
@@ -318,6 +355,10 @@ class Index:
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
+
+    def catch_up(self) -> None:
+        """A follower: see everything the writer has written so far (its WAL tail and new table files)."""
+        self.db.try_catch_up_with_primary()
 
     # -- plumbing ----------------------------------------------------------------------------------------
     def _read_counter(self, name: str) -> int:
@@ -342,14 +383,18 @@ class Index:
     def mutation(self) -> Mutation:
         return Mutation(self)
 
-    def write(self, m: Mutation) -> None:
-        """Apply a mutation atomically (not yet fsynced: ``await sync()`` for that). On the loop thread only."""
+    def write(self, m: Mutation, *, read_by_plans: bool = True) -> None:
+        """Apply a mutation atomically (not yet fsynced: ``await sync()`` for that). On the loop thread only.
+
+        ``read_by_plans=False``: the mutation touches only keys that no batch built off the loop reads (the
+        intents of files already removed), so it does not make one stale (see :meth:`write_if_current`)."""
         new = {name: self.counters[name] + d for name, d in m.deltas.items() if d}
         for name, value in new.items():
             m.batch.put(b"counter:" + name.encode(), _I64.pack(value), self.handles["meta"])
         m.close_iterators()
         self.db.write(m.batch, self.write_options)
-        self.writes += 1  # after the write: a mutation built meanwhile sees a different count at commit
+        if read_by_plans:
+            self.writes += 1  # after the write: a mutation built meanwhile sees a different count at commit
         self.counters.update(new)
 
     def write_if_current(self, m: Mutation) -> bool:
@@ -654,10 +699,12 @@ class Index:
                     self._repo_saved(m, repo, rec.stored_size - rec.size)
 
     def forget_unlink(self, digests: list[str]) -> None:
+        """The files are gone: drop their intents. Eviction's batches only ever add intents (blindly, for
+        blobs in the index, whose old intents the reclaimer does not report while they are pending again)."""
         m = self.mutation()
         for d in digests:
             m.delete("meta", b"unlink:" + d.encode())
-        self.write(m)
+        self.write(m, read_by_plans=False)
 
     def forget_commit(self, digest: str) -> None:
         m = self.mutation()
@@ -785,7 +832,7 @@ class Index:
                                m: Mutation | None = None) -> Mutation | None:
         """The batch :meth:`delete_manifest` writes, built but not written (None: no such manifest).
 
-        Building reads only RocksDB, so eviction builds its batches in a worker thread while the loop serves
+        Building reads only RocksDB, so eviction builds its batches off the loop while the loop serves
         requests, then writes them on the loop with :meth:`write_if_current`. Given ``m``, the deletion is added
         to that batch, seeing what it already deletes (eviction chains several roots into one batch)."""
         m = m or self.mutation()

@@ -42,6 +42,7 @@ class Layout:
         self.uploads = self.root / "uploads"
         self.quarantine = self.root / "quarantine"
         self.trash = self.root / "trash"
+        self.follower = self.root / "index-follower"  # a read-only follower's own files (eviction's planner)
         self.marker = self.root / "STORE"
         self.auth_key = self.root / "auth.key"
 

@@ -5,6 +5,10 @@ for a large file the freeing of its extents) would otherwise run on the event lo
 batch that drops a blob also records an ``unlink:<digest>`` intent, so a deletion that a crash interrupts is
 finished on the next start; the intent is forgotten once the file is gone.
 
+The thread takes what is queued in batches and removes each batch with one ``rm`` process: a Python ``unlink``
+per file would take the interpreter lock back after every system call, and a thread that holds it while the
+scheduler runs something else delays every request waiting on the event loop.
+
 A digest pushed again while its old file still waits here is never confused with it: installing a blob file
 first calls :meth:`Reclaimer.settle`, which finishes the pending deletion of that digest at once. So a digest
 is pending here only while the index does not hold it, and readers (who look the index up first) never open a
@@ -18,6 +22,8 @@ import contextlib
 import logging
 import os
 import queue
+import shutil
+import subprocess
 import threading
 from collections.abc import Callable, Iterable
 
@@ -27,6 +33,8 @@ from cachesvc.store.blobs import BlobFiles
 log = logging.getLogger("cachesvc.reclaim")
 
 REPORT_EVERY = 512  # digests removed between two reports back to the loop (which forgets their intents)
+BATCH = 256  # digests removed by one ``rm`` process at most
+RM = shutil.which("rm")
 
 
 class Reclaimer:
@@ -38,7 +46,7 @@ class Reclaimer:
         self._lock = threading.Lock()  # held only for set updates, never across a syscall
         self._unlinked = threading.Condition(self._lock)
         self._pending: set[str] = set()
-        self._busy: str | None = None  # the digest whose files the thread is unlinking right now
+        self._busy: set[str] = set()  # the digests whose files the thread is removing right now
         self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -52,7 +60,7 @@ class Reclaimer:
     def is_pending(self, digest: str) -> bool:
         """Whether the file of ``digest`` is queued for deletion (or being deleted right now)."""
         with self._lock:
-            return digest in self._pending or self._busy == digest
+            return digest in self._pending or digest in self._busy
 
     def discard(self, digests: Iterable[str]) -> None:
         """Queue the files of dropped blobs for deletion (their ``unlink:`` intents are already written)."""
@@ -69,7 +77,7 @@ class Reclaimer:
         """Before a file for ``digest`` is installed: finish the deletion of its old file, if one is pending
         (and wait for the thread if it is removing that very file right now)."""
         with self._lock:
-            while self._busy == digest:
+            while digest in self._busy:
                 self._unlinked.wait()
             if digest not in self._pending:
                 return
@@ -92,37 +100,60 @@ class Reclaimer:
         done: list[str] = []
         while True:
             try:
-                digest = self._queue.get_nowait()
+                first = self._queue.get_nowait()
             except queue.Empty:  # caught up: report, then wait for more
                 self._report(done)
                 done = []
                 with self._lock:
                     if not self._pending:
                         self._idle.set()
-                digest = self._queue.get()
-            if digest is None:
+                first = self._queue.get()
+            batch = [first]
+            while first is not None and len(batch) < BATCH:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = None in batch
+            with self._lock:  # claim them: settle() now waits for these instead of removing them itself
+                queued = list(dict.fromkeys(d for d in batch if d is not None))
+                mine = [d for d in queued if d in self._pending]
+                self._pending.difference_update(mine)
+                self._busy.update(mine)
+            done += [d for d in queued if d not in mine]  # settled meanwhile: their files are gone already
+            try:
+                done += self._remove_batch(mine)
+            finally:
+                with self._lock:
+                    self._busy.clear()
+                    self._unlinked.notify_all()
+            if stop:
                 self._report(done)
                 return
-            with self._lock:
-                mine = digest in self._pending
-                if mine:
-                    self._pending.discard(digest)
-                    self._busy = digest
-            try:
-                if mine:
-                    self._remove(digest)
-            except OSError as e:  # the intent stays; the next start tries again
-                log.error("could not remove the file of dropped blob %s: %s", digest, e)
-                continue
-            finally:
-                if mine:
-                    with self._lock:
-                        self._busy = None
-                        self._unlinked.notify_all()
-            done.append(digest)
             if len(done) >= REPORT_EVERY:
                 self._report(done)
                 done = []
+
+    def _remove_batch(self, digests: list[str]) -> list[str]:
+        """Remove the files of ``digests``; returns those whose files are gone (an intent stays for the rest,
+        and the next start tries again)."""
+        if not digests:
+            return []
+        if RM is not None:
+            paths = [p for d in digests for p in (self.files.path(d), self.files.zpath(d))]
+            with contextlib.suppress(OSError):
+                if subprocess.run([RM, "-f", "--", *paths], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL, check=False).returncode == 0:
+                    return digests
+        gone = []  # no rm, or it could not remove something: one by one, to say what and why
+        for digest in digests:
+            try:
+                self._remove(digest)
+            except OSError as e:
+                log.error("could not remove the file of dropped blob %s: %s", digest, e)
+                continue
+            gone.append(digest)
+        return gone
 
     def _report(self, done: list[str]) -> None:
         if done and self._loop is not None and not self._loop.is_closed():

@@ -83,7 +83,7 @@ class Store:
         self.recency = Recency(self.index, grace_ms=self.grace_ms, clock=self.clock)
         self.reclaimer = Reclaimer(self.files, self.index.forget_unlink)
         self.evictor = Evictor(self.settings, self.index, self.reclaimer, self.recency, self.metrics,
-                               clock=self.clock, root=str(self.layout.root))
+                               clock=self.clock, root=str(self.layout.root), follow_dir=self.layout.follower)
         self.compressor = Compressor(self, enabled=self.settings.compress_at_rest == "auto")
         self._repair()
         self.compressor.open()

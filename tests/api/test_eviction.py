@@ -6,7 +6,12 @@ The clock is injected, so every scenario is deterministic: time moves only when 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import Any
 
+import pytest
+
+from cachesvc.store import eviction
 from tests.support.inproc import Running, error_code, image_manifest, sha256
 
 KB = 1024
@@ -248,53 +253,74 @@ def _until_gone(index: object, repo: str, digest: str) -> object:
     return lambda: 1 if index.manifest(repo, digest) is not None else 0  # type: ignore[attr-defined]
 
 
-async def test_off_loop_eviction_rebuilds_a_batch_made_stale_by_a_write(make_server, clock) -> None:
-    """The batch is built in a worker thread; a write that lands meanwhile makes it stale, and it is built
-    again from the new state rather than written over it."""
+@pytest.fixture(params=["thread", "process"])
+def planner(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Where the off-loop batches are planned: in the server's worker thread, or (from the first batch on) in
+    the helper process reading an index follower."""
+    if request.param == "process":
+        monkeypatch.setattr(eviction, "HELPER_AFTER", 0)
+    return str(request.param)
+
+
+def spy_builds(ev: Any, after: Callable[[Any], None] | None = None) -> list[Any]:
+    """Wrap the loop's write step: record each batch about to be written (and whether the helper planned it),
+    after running ``after`` (as a request on the loop could land between the planning and the write)."""
+    apply = ev._apply_chain
+    builds: list[Any] = []
+
+    def spy(chain: Any, reason: str) -> Any:
+        builds.append((chain, chain.plan is not None))
+        if after is not None:
+            after(chain)
+        return apply(chain, reason)
+
+    ev._apply_chain = spy
+    return builds
+
+
+def planned_where(builds: list[Any]) -> set[str]:
+    return {"process" if by_helper else "thread" for _, by_helper in builds}
+
+
+async def test_off_loop_eviction_rebuilds_a_batch_made_stale_by_a_write(make_server, clock, planner) -> None:
+    """The batch is built off the loop; a write that lands meanwhile makes it stale, and it is built again
+    from the new state rather than written over it."""
     reg = await make_server(upload_grace=0)
     layers = await image(reg, "cache/app", "old")
     clock.advance(60)
     ev, index = reg.store.evictor, reg.store.index
     digest, last_used = await _old_root(reg, "cache/app", "old")
-    plans = []
-    build = ev._plan_chain
 
-    def plan_then_write(*args: object) -> object:
-        planned = build(*args)  # type: ignore[arg-type]
-        plans.append(planned)
-        if len(plans) == 1:
+    def write_once(chain: Any) -> None:
+        if len(builds) == 1:
             index.set_meta_value("test-marker", b"x")  # some other mutation, written after the reads
-        return planned
 
-    ev._plan_chain = plan_then_write  # type: ignore[method-assign]
+    builds = spy_builds(ev, write_once)
     evicted = await ev.evict_off_loop(iter([(last_used, "cache/app", digest)]),
                                       _until_gone(index, "cache/app", digest), "budget")  # type: ignore[arg-type]
-    assert len(plans) == 2 and len(evicted) == 1 and evicted[0].blobs == 2
+    assert len(builds) == 2 and len(evicted) == 1 and evicted[0].blobs == 2
+    assert planned_where(builds) == {planner}
     assert index.manifest("cache/app", digest) is None and index.blob(sha256(layers[0])) is None
     assert index.meta_value("test-marker") == b"x"
     assert await reg.store.reclaimer.drained(10)
     assert not os.path.exists(reg.store.files.path(sha256(layers[0])))
+    assert ev._helper is None and not reg.store.layout.follower.exists()  # the helper ends with the pass
 
 
-async def test_off_loop_eviction_keeps_a_blob_leased_while_the_batch_was_built(make_server, clock) -> None:
+async def test_off_loop_eviction_keeps_a_blob_leased_while_the_batch_was_built(make_server, clock,
+                                                                                 planner) -> None:
     """A HEAD answered while the batch was being built leases its blob: the root goes, the blob stays."""
     reg = await make_server(upload_grace=10)
     layers = await image(reg, "cache/app", "old")
     clock.advance(60)
     ev = reg.store.evictor
     digest, last_used = await _old_root(reg, "cache/app", "old")
-    build = ev._plan_chain
     layer = sha256(layers[0])
-
-    def plan_then_head(*args: object) -> object:
-        planned = build(*args)  # type: ignore[arg-type]
-        reg.store.recency.lease_blob(layer)  # what HEAD does, noted in memory on the loop
-        return planned
-
-    ev._plan_chain = plan_then_head  # type: ignore[method-assign]
+    builds = spy_builds(ev, lambda chain: reg.store.recency.lease_blob(layer))  # what HEAD does, in memory
     evicted = await ev.evict_off_loop(iter([(last_used, "cache/app", digest)]),
                                       _until_gone(reg.store.index, "cache/app", digest),  # type: ignore[arg-type]
                                       "budget")
+    assert planned_where(builds) == {planner}
     assert len(evicted) == 1 and evicted[0].blobs == 1  # the config went, the leased layer did not
     async with reg.http.head(f"/v2/cache/app/blobs/{layer}") as r:
         assert r.status == 200
@@ -302,29 +328,27 @@ async def test_off_loop_eviction_keeps_a_blob_leased_while_the_batch_was_built(m
         assert r.status == 200 and await r.read() == layers[0]
 
 
-async def test_off_loop_eviction_skips_a_root_used_while_the_batch_was_built(make_server, clock) -> None:
+async def test_off_loop_eviction_skips_a_root_used_while_the_batch_was_built(make_server, clock, planner) -> None:
     reg = await make_server(upload_grace=0)
     await image(reg, "cache/app", "old")
     clock.advance(60)
     ev = reg.store.evictor
     digest, last_used = await _old_root(reg, "cache/app", "old")
-    build = ev._plan_chain
 
-    def plan_then_pull(*args: object) -> object:
-        planned = build(*args)  # type: ignore[arg-type]
+    def pull(chain: Any) -> None:
         clock.advance(1)
         reg.store.recency.touch_manifest("cache/app", digest)  # what GET manifest does
-        return planned
 
-    ev._plan_chain = plan_then_pull  # type: ignore[method-assign]
+    builds = spy_builds(ev, pull)
     assert await ev.evict_off_loop(iter([(last_used, "cache/app", digest)]),
                                    _until_gone(reg.store.index, "cache/app", digest),  # type: ignore[arg-type]
                                    "budget") == []
+    assert planned_where(builds) == {planner}
     assert await served_whole(reg, "cache/app", "old")
 
 
 async def test_roots_chained_into_one_batch_free_a_blob_they_share_and_keep_one_a_survivor_needs(
-        make_server, clock) -> None:
+        make_server, clock, planner) -> None:
     """Several roots go in one batch: a blob two of them share goes with the second (the batch sees its own
     deletions), a blob shared with a root that stays is kept, and each root is recorded with its own part."""
     reg = await make_server(upload_grace=0)
@@ -335,23 +359,55 @@ async def test_roots_chained_into_one_batch_free_a_blob_they_share_and_keep_one_
     clock.advance(60)
     await image(reg, "cache/other", "new", shared=shared_kept)
     ev, index = reg.store.evictor, reg.store.index
-    chains = []
-    build = ev._plan_chain
-
-    def counted(*args: object) -> object:
-        chain = build(*args)  # type: ignore[arg-type]
-        chains.append(len(chain.roots))  # type: ignore[attr-defined]
-        return chain
-
-    ev._plan_chain = counted  # type: ignore[method-assign]
+    builds = spy_builds(ev)
     olds = [(*reversed(await _old_root(reg, repo, tag)), repo) for repo, tag in
             (("cache/app", "old1"), ("cache/app", "old2"), ("cache/other", "old3"))]
     candidates = iter([(t, repo, d) for t, d, repo in olds])
     evicted = await ev.evict_off_loop(candidates, lambda: 1 << 40, "budget")  # type: ignore[arg-type]
-    assert chains[0] == 3 and [e.tags for e in evicted] == [["old1"], ["old2"], ["old3"]]
+    assert len(builds[0][0].roots) == 3 and [e.tags for e in evicted] == [["old1"], ["old2"], ["old3"]]
+    assert planned_where(builds) == {planner}
     # old1: its own layer and config; old2: its own two and the layer it shared with old1; old3: its own two.
     assert [e.blobs for e in evicted] == [2, 3, 2]
     assert index.blob(sha256(shared_gone)) is None and index.blob(sha256(old3[0])) is None
     assert index.blob(sha256(shared_kept)) is not None
     assert await served_whole(reg, "cache/other", "new")
     assert not await served_whole(reg, "cache/app", "old2")
+
+
+async def test_a_helper_that_dies_mid_pass_leaves_the_rest_of_the_pass_to_the_thread(
+        make_server, clock, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The helper process is killed after its first plan: that plan is still written, the next plans are built
+    in the server's thread, every root goes, and the log says why."""
+    from cachesvc.store import planner as planner_module
+
+    monkeypatch.setattr(eviction, "HELPER_AFTER", 0)
+    monkeypatch.setattr(eviction, "HELPER_DEPTH", 1)  # one batch per plan, so the pass has to ask again
+    monkeypatch.setattr(eviction, "CHAIN_ROOTS", 1)  # one root per batch
+    reg = await make_server(upload_grace=0)
+    for i in range(4):
+        await image(reg, "cache/app", f"old{i}")
+    clock.advance(60)
+    ev = reg.store.evictor
+    real_next = planner_module.PlannerProcess.next_chain
+    pids: list[int] = []
+
+    def first_then_die(self: Any, *args: Any) -> Any:
+        result = real_next(self, *args)
+        if not pids:  # the first batch arrived: the helper dies
+            pids.append(self.proc.pid)
+            self.proc.kill()
+            self.proc.wait()
+        return result
+
+    monkeypatch.setattr(planner_module.PlannerProcess, "next_chain", first_then_die)
+    builds = spy_builds(ev)
+    olds = [await _old_root(reg, "cache/app", f"old{i}") for i in range(4)]
+    candidates = iter([(t, "cache/app", d) for d, t in olds])
+    with caplog.at_level("WARNING", "cachesvc.eviction"):
+        evicted = await ev.evict_off_loop(candidates, lambda: 1 << 40, "budget")  # type: ignore[arg-type]
+    assert [e.tags for e in evicted] == [["old0"], ["old1"], ["old2"], ["old3"]]
+    assert len(pids) == 1 and [by_helper for _, by_helper in builds] == [True, False, False, False]
+    assert "the eviction planner is gone" in caplog.text and "planning in the server" in caplog.text
+    assert ev._helper is None and not reg.store.layout.follower.exists()
+    for i in range(4):
+        assert not await served_whole(reg, "cache/app", f"old{i}")

@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
+from unittest import mock
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -24,6 +25,7 @@ from hypothesis import strategies as st
 from cachesvc.api.errors import RegistryError
 from cachesvc.api.names import parse_digest
 from cachesvc.settings import Settings
+from cachesvc.store import eviction
 from cachesvc.store.records import BlobRecord, ManifestRecord
 from cachesvc.store.store import Store
 from tests.support.inproc import Clock, sha256
@@ -156,5 +158,18 @@ def test_store_invariants_hold_for_any_sequence(ops: list[tuple]) -> None:
     root = Path(tempfile.mkdtemp(prefix="cachesvc-prop-"))
     try:
         asyncio.run(Harness(root / "data").run(ops))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(op, min_size=1, max_size=30))
+def test_store_invariants_hold_with_batches_planned_by_the_helper_process(ops: list[tuple]) -> None:
+    """The same, with every pass's batches planned by the helper process from an index follower (fewer
+    examples: each pass that evicts starts a helper)."""
+    root = Path(tempfile.mkdtemp(prefix="cachesvc-prop-"))
+    try:
+        with mock.patch.object(eviction, "HELPER_AFTER", 0):
+            asyncio.run(Harness(root / "data").run(ops))
     finally:
         shutil.rmtree(root, ignore_errors=True)
