@@ -309,12 +309,9 @@ class Evictor:
         it) or a HEAD/GET leased a blob it would drop (the next build keeps that blob)."""
         now = self.index.now_ms()
         used = reason != "manual" and any(self._used_since(r.repo, r.digest, r.last_used) for r in chain.roots)
-        if used or (chain.writes_seen != self.index.writes and chain.mutation is None):
-            chain.drop()
-            return None
         m = chain.batch(self.index)
-        if any(self.recency.lease_of(d) > now for d, _ in m.removed.blobs):
-            m.close_iterators()
+        if used or any(self.recency.lease_of(d) > now for d, _ in m.removed.blobs):
+            chain.drop()
             return None
         if not self.index.write_if_current(m):
             return None

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
 import os
 import shutil
 import socket
@@ -30,8 +29,6 @@ from typing import Any
 
 from cachesvc.priority import BACKGROUND_NICE
 from cachesvc.store.index import Index, Mutation, Removed
-
-log = logging.getLogger("cachesvc.eviction")
 
 CHAIN_BLOBS = 64  # blobs in one batch at most: the loop writes a batch in one go, so its size bounds that pause
 START_TIMEOUT = 30.0  # seconds for the helper to open the index follower
@@ -56,8 +53,7 @@ class Chained:
 class Chain:
     """A deletion batch of several roots, built off the loop, that the loop writes at once: a mutation built in
     the worker thread, or a plan from the helper, which the loop replays (a few hundred keys) just before it
-    writes it: replaying in a thread would hold the interpreter lock at a low priority, which is worse for a
-    request waiting on the loop than the loop doing it at once."""
+    writes it, so that no low-priority thread holds the interpreter lock for that."""
 
     mutation: Mutation | None
     roots: list[Chained] = field(default_factory=list)
@@ -150,7 +146,7 @@ class PlannerError(Exception):
 
 
 class PlannerProcess:
-    """The server's handle on one helper process; :meth:`plan` blocks, so it is called from a worker thread."""
+    """The server's handle on one helper process; its methods block, so they are called from a worker thread."""
 
     def __init__(self, index_path: Path, follow_dir: Path) -> None:
         self.index_path = index_path

@@ -5,9 +5,9 @@ for a large file the freeing of its extents) would otherwise run on the event lo
 batch that drops a blob also records an ``unlink:<digest>`` intent, so a deletion that a crash interrupts is
 finished on the next start; the intent is forgotten once the file is gone.
 
-The thread takes what is queued in batches and removes each batch with one ``rm`` process: a Python ``unlink``
-per file would take the interpreter lock back after every system call, and a thread that holds it while the
-scheduler runs something else delays every request waiting on the event loop.
+The thread takes what is queued in batches and removes each batch with one ``rm`` process, so it takes the
+interpreter lock back once per batch instead of after every file's system calls (the event loop needs that lock
+for every request it serves).
 
 A digest pushed again while its old file still waits here is never confused with it: installing a blob file
 first calls :meth:`Reclaimer.settle`, which finishes the pending deletion of that digest at once. So a digest
@@ -84,8 +84,12 @@ class Reclaimer:
             self._pending.discard(digest)
         self._remove(digest)
 
+    def _paths(self, digest: str) -> tuple[str, str]:
+        """The plain and the compressed form's file (either or both may be absent)."""
+        return self.files.path(digest), self.files.zpath(digest)
+
     def _remove(self, digest: str) -> None:
-        for path in (self.files.path(digest), self.files.zpath(digest)):
+        for path in self._paths(digest):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
 
@@ -116,11 +120,11 @@ class Reclaimer:
                     break
             stop = None in batch
             with self._lock:  # claim them: settle() now waits for these instead of removing them itself
-                queued = list(dict.fromkeys(d for d in batch if d is not None))
+                queued = dict.fromkeys(d for d in batch if d is not None)
                 mine = [d for d in queued if d in self._pending]
+                done += [d for d in queued if d not in self._pending]  # settled meanwhile: files already gone
                 self._pending.difference_update(mine)
                 self._busy.update(mine)
-            done += [d for d in queued if d not in mine]  # settled meanwhile: their files are gone already
             try:
                 done += self._remove_batch(mine)
             finally:
@@ -140,7 +144,7 @@ class Reclaimer:
         if not digests:
             return []
         if RM is not None:
-            paths = [p for d in digests for p in (self.files.path(d), self.files.zpath(d))]
+            paths = [p for d in digests for p in self._paths(d)]
             with contextlib.suppress(OSError):
                 if subprocess.run([RM, "-f", "--", *paths], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                   stderr=subprocess.DEVNULL, check=False).returncode == 0:
