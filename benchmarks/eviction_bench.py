@@ -137,17 +137,36 @@ def run_client(coro: Any) -> Any:
 
 
 PASS_LINE = re.compile(r"^(\S+) INFO cachesvc\.eviction eviction pass: (\d+) roots, (\d+) bytes in ([\d.]+)s", re.M)
+HELPER_LINE = re.compile(r"planning in a helper process \(pid (\d+)\)")
 
 
 class PassWatcher:
     """Reads only what the server log gained since the last look, so polling it costs nothing noticeable (a
-    regex over the whole, growing log would stall the probing client itself)."""
+    regex over the whole, growing log would stall the probing client itself). Each look also samples the
+    resident memory of the server (``pid``) and of the planning helper it starts (pid from its log line), whose
+    own memory counts too: the peak of their sum is what the machine must have."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.offset = path.stat().st_size if path.exists() else 0
         self.tail = ""
         self.found: tuple[float, float, int] | None = None
+        self.pid = 0
+        self.helper = 0
+        self.peak_helper = 0.0
+        self.peak_sum = 0.0
+
+    def sample_rss(self) -> None:
+        total = 0.0
+        for pid in (self.pid, self.helper):
+            try:
+                mib = rss_mib(pid) if pid else 0.0
+            except OSError:  # the helper has exited
+                mib = 0.0
+            if pid == self.helper:
+                self.peak_helper = max(self.peak_helper, mib)
+            total += mib
+        self.peak_sum = max(self.peak_sum, total)
 
     def __call__(self) -> bool:
         if self.found is None:
@@ -157,6 +176,9 @@ class PassWatcher:
                 self.offset = f.tell()
             lines = (self.tail + new).split("\n")
             self.tail = lines.pop()
+            if m := HELPER_LINE.search("\n".join(line for line in lines if "helper process" in line)):
+                self.helper = int(m.group(1))
+            self.sample_rss()
             self.found = eviction_pass("\n".join(line for line in lines if "eviction pass:" in line))
         return self.found is not None
 
@@ -251,7 +273,7 @@ def one_run(root: Path, roots: int, victims: int, smoke: bool) -> dict[str, Any]
                                                           "--max-size", str(budget)])
     watcher = PassWatcher(server.log_path)
     server.start()
-    pid = server.proc.pid if server.proc else 0
+    pid = watcher.pid = server.proc.pid if server.proc else 0
     # Probe from start-up until the pass has ended, then keep the samples due while it ran.
     samples = run_client(head_latencies(server.url, path, 900, stop=watcher))
     rss_serving = rss_mib(pid)
@@ -268,6 +290,8 @@ def one_run(root: Path, roots: int, victims: int, smoke: bool) -> dict[str, Any]
     return {
         "startup_seconds": round(startup, 2), "rss_mib_after_start": round(rss_start, 1),
         "rss_mib_serving_during_eviction": round(rss_serving, 1),
+        "rss_mib_helper_peak": round(watcher.peak_helper, 1),
+        "rss_mib_server_and_helper_peak": round(watcher.peak_sum, 1),
         "evicted_roots": evicted_roots, "evicted_blobs": evicted_blobs, "eviction_seconds": round(seconds, 3),
         "eviction_blobs_per_s": float(round(evicted_blobs / seconds)),
         "head_idle_p50_ms": round(statistics.median(idle), 3), "head_idle_p99_ms": round(idle_p99, 3),
@@ -285,6 +309,8 @@ def markdown(r: dict[str, Any]) -> str:
         ("start-up (process start to serving)", f"{r['startup_seconds']} s", "< 2 s"),
         ("resident memory after start", f"{r['rss_mib_after_start']} MiB", "< 200 MiB"),
         ("resident memory serving during eviction", f"{r['rss_mib_serving_during_eviction']} MiB", "< 200 MiB"),
+        ("peak during eviction: planning helper / server + helper (sampled every 0.25 s)",
+         f"{r['rss_mib_helper_peak']} / {r['rss_mib_server_and_helper_peak']} MiB", "< 200 MiB (the sum)"),
         ("evicted", f"{r['evicted_roots']:,} roots / {r['evicted_blobs']:,} blobs in {r['eviction_seconds']} s",
          ""),
         ("eviction rate", f"{r['eviction_blobs_per_s']:,.0f} blobs/s", ">= 5,000 blobs/s"),

@@ -100,7 +100,7 @@ async def admin_api(reg: Registry, request: BaseRequest, p: dict[str, str]) -> w
             return _json({"used": plan.used, "budget": plan.budget, "free": plan.free,
                           "evictions": [_eviction(e) for e in plan.evictions[:1000]]})
         if method == "POST":
-            done = await ev.run_pass()
+            done = await ev.run_pass(urgent=True)  # the operator waits for it
             return _json({"evictions": [_eviction(e) for e in done]})
     if action == "ls" and method == "GET":
         return _json(listing(reg, request.query.get("repo")))

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cachesvc.metrics import Metrics
-from cachesvc.priority import lower_this_thread
+from cachesvc.priority import idle_this_thread, lower_this_thread
 from cachesvc.settings import Settings
 from cachesvc.store.index import Index, Removed
 from cachesvc.store.planner import Candidate, Chain, PlannerError, PlannerProcess, plan_chain
@@ -101,7 +101,10 @@ class Evictor:
         self.recent: collections.deque[Eviction] = collections.deque(maxlen=200)
         self.wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._planner = ThreadPoolExecutor(1, "cachesvc-evict", initializer=lower_this_thread)
+        # Background passes plan on idle CPU only; a pass somebody waits for (an upload that needs room, an
+        # operator's `cachesvc evict`) has a worker of its own at normal background priority (priority.py).
+        self._planner = ThreadPoolExecutor(1, "cachesvc-evict", initializer=idle_this_thread)
+        self._urgent = ThreadPoolExecutor(1, "cachesvc-evict-now", initializer=lower_this_thread)
         self.follow_dir = follow_dir  # where a helper process keeps its index follower (None: no helper)
         self._helper: PlannerProcess | None = None
         self._helper_failed_at: float | None = None
@@ -159,36 +162,41 @@ class Evictor:
         return evicted[0] if evicted else None
 
     async def evict_off_loop(self, candidates: Iterator[Candidate], excess: Callable[[], int],
-                             reason: str) -> list[Eviction]:
+                             reason: str, *, urgent: bool = False) -> list[Eviction]:
         """Evict ``candidates`` in order until ``excess()`` (bytes still to free) is <= 0 or they run out.
 
         Roots are chained into batches built (all their reads) off the loop, in a worker thread or, once a pass
         has written :data:`HELPER_AFTER` batches, in a helper process, while the loop keeps serving requests;
         the loop only checks and writes each batch, one atomic write for several roots. A batch gone stale
         (something was written meanwhile, or a request used one of its roots or leased one of its blobs) is
-        built again; after a few tries its first root is evicted on the loop."""
+        built again; after a few tries its first root is evicted on the loop.
+
+        ``urgent``: somebody waits for this pass, so it plans in the normal-priority worker, never on idle CPU
+        alone, and without the helper (which a background pass may be using meanwhile)."""
         self._evicting += 1
         try:
-            return await self._evict_off_loop(candidates, excess, reason)
+            return await self._evict_off_loop(candidates, excess, reason, urgent)
         finally:
             self._evicting -= 1
             if self._evicting == 0:  # the helper is for big passes: it does not idle between them
                 await self._close_helper()
 
     async def _evict_off_loop(self, candidates: Iterator[Candidate], excess: Callable[[], int],
-                              reason: str) -> list[Eviction]:
+                              reason: str, urgent: bool) -> list[Eviction]:
         loop = asyncio.get_running_loop()
+        worker = self._urgent if urgent else self._planner
         done: list[Eviction] = []
         todo: collections.deque[Candidate] = collections.deque()  # listed, not yet planned (retries first)
         exhausted = False
         stale = written = 0
         while (want := excess()) > 0 and (todo or not exhausted):
             limit = 1 if reason == "quota" else CHAIN_ROOTS  # quota usage is not what the batch counts: go singly
-            helper = await self._helper_for(loop) if written >= HELPER_AFTER and reason != "quota" else None
-            exhausted = await loop.run_in_executor(self._planner, self._list_ahead, todo, candidates,
+            helper = (await self._helper_for(loop) if written >= HELPER_AFTER and reason != "quota" and not urgent
+                      else None)
+            exhausted = await loop.run_in_executor(worker, self._list_ahead, todo, candidates,
                                                    limit * HELPER_DEPTH if helper else limit)
             chains = (self._chains_from_helper(loop, helper, todo, want, reason, limit) if helper
-                      else self._chain_from_thread(loop, todo, want, reason, limit))
+                      else self._chain_from_thread(loop, worker, todo, want, reason, limit))
             again: list[Candidate] = []  # roots of batches not written: planned again
             async for chain in chains:
                 if again or excess() <= 0:  # after a stale batch, the ones planned on top of it are stale too
@@ -222,10 +230,11 @@ class Evictor:
             todo.append(item)
         return False
 
-    async def _chain_from_thread(self, loop: asyncio.AbstractEventLoop, todo: collections.deque[Candidate],
-                                 want: int, reason: str, limit: int) -> AsyncIterator[Chain]:
-        """The next batch, planned in the worker thread."""
-        chain = await loop.run_in_executor(self._planner, self._plan_in_thread, todo, want, reason, limit)
+    async def _chain_from_thread(self, loop: asyncio.AbstractEventLoop, worker: ThreadPoolExecutor,
+                                 todo: collections.deque[Candidate], want: int, reason: str,
+                                 limit: int) -> AsyncIterator[Chain]:
+        """The next batch, planned in a worker thread."""
+        chain = await loop.run_in_executor(worker, self._plan_in_thread, todo, want, reason, limit)
         if chain.roots:
             yield chain
         else:
@@ -301,7 +310,8 @@ class Evictor:
     async def _close_helper(self) -> None:
         helper, self._helper = self._helper, None
         if helper is not None:
-            await asyncio.get_running_loop().run_in_executor(self._planner, helper.close)
+            # the urgent worker: an upload's pass may be the last to end, and must not wait for idle CPU
+            await asyncio.get_running_loop().run_in_executor(self._urgent, helper.close)
 
     def _apply_chain(self, chain: Chain, reason: str) -> list[Eviction] | None:
         """On the loop: write a batch built off the loop and record its roots. None when it went stale while
@@ -377,31 +387,36 @@ class Evictor:
         """Bytes on disk of the matching repositories (what compression at rest saves is not counted)."""
         return sum(u - self.index.repo_saved_of(r) for r, u in self.index.repo_usages() if quota.matches(r))
 
-    async def run_pass(self, *, need: int = 0) -> list[Eviction]:
+    async def run_pass(self, *, need: int = 0, urgent: bool = False) -> list[Eviction]:
         """One eviction pass. Each root goes in one atomic batch; between roots the pass yields to requests
-        now and then, so serving continues while it runs."""
+        now and then, so serving continues while it runs. ``urgent``: somebody waits for it (see
+        :meth:`evict_off_loop`); a pass that must make room (``need``) always is."""
+        urgent = urgent or need > 0
         self.last_pass = self.clock()
         done: list[Eviction] = []
         self.sweep_orphans()
         if self.settings.max_age:
             cutoff = self.index.now_ms() - int(self.settings.max_age * 1000)
             done += await self.evict_off_loop(self._until(self.candidates("max_age"), lambda t: t >= cutoff),
-                                              lambda: ALL, "max_age")
+                                              lambda: ALL, "max_age", urgent=urgent)
         for quota in self.quotas:
             if self.quota_usage(quota) > quota.limit:
                 target = int(quota.limit * self.settings.evict_to)
                 done += await self.evict_off_loop(self.quota_candidates(quota),
-                                                  lambda q=quota, t=target: self.quota_usage(q) - t, "quota")
+                                                  lambda q=quota, t=target: self.quota_usage(q) - t, "quota",
+                                                  urgent=urgent)
         budget = self.settings.max_size
         if budget and self.used() + need > budget:
             target = int(budget * self.settings.evict_to) - need
-            done += await self.evict_off_loop(self.candidates("budget"), lambda: self.used() - target, "budget")
+            done += await self.evict_off_loop(self.candidates("budget"), lambda: self.used() - target, "budget",
+                                              urgent=urgent)
         floor = self.min_free_bytes()
         if floor and self.free_bytes() - need < floor:
             start_used = self.used()
             deficit = int(floor / self.settings.evict_to) - (self.free_bytes() - need)
             done += await self.evict_off_loop(self.candidates("min_free"),
-                                              lambda: deficit - (start_used - self.used()), "min_free")
+                                              lambda: deficit - (start_used - self.used()), "min_free",
+                                              urgent=urgent)
         if done:
             self.sweep_orphans()
         return done
@@ -419,7 +434,7 @@ class Evictor:
             return True
         done = await self.run_pass(need=size)
         if done:  # the space comes back only once the evicted files are really unlinked
-            await self.reclaimer.drained(30)
+            await self.reclaimer.freed()
         return not self.over_budget(size) and not self.short_of_space(size)
 
     def plan(self) -> Plan:
@@ -497,6 +512,7 @@ class Evictor:
         await cancel_and_wait([self._task])
         await self._close_helper()
         self._planner.shutdown(wait=True)
+        self._urgent.shutdown(wait=True)
 
     def poke(self) -> None:
         """Something grew: let the background pass look now instead of at its next tick."""

@@ -7,7 +7,8 @@ finished on the next start; the intent is forgotten once the file is gone.
 
 The thread takes what is queued in batches and removes each batch with one ``rm`` process, so it takes the
 interpreter lock back once per batch instead of after every file's system calls (the event loop needs that lock
-for every request it serves).
+for every request it serves). It runs on idle CPU only (``priority.idle_this_thread``), so an upload waiting for
+space does not wait for it: :meth:`Reclaimer.freed` removes what is still queued in the caller's worker.
 
 A digest pushed again while its old file still waits here is never confused with it: installing a blob file
 first calls :meth:`Reclaimer.settle`, which finishes the pending deletion of that digest at once. So a digest
@@ -27,7 +28,7 @@ import subprocess
 import threading
 from collections.abc import Callable, Iterable
 
-from cachesvc.priority import lower_this_thread
+from cachesvc.priority import idle_this_thread
 from cachesvc.store.blobs import BlobFiles
 
 log = logging.getLogger("cachesvc.reclaim")
@@ -47,6 +48,8 @@ class Reclaimer:
         self._unlinked = threading.Condition(self._lock)
         self._pending: set[str] = set()
         self._busy: set[str] = set()  # the digests whose files the thread is removing right now
+        self._helping: set[str] = set()  # ...and those that freed() is removing right now
+        self._freeing = threading.Lock()  # one freed() at a time
         self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -60,7 +63,7 @@ class Reclaimer:
     def is_pending(self, digest: str) -> bool:
         """Whether the file of ``digest`` is queued for deletion (or being deleted right now)."""
         with self._lock:
-            return digest in self._pending or digest in self._busy
+            return digest in self._pending or digest in self._busy or digest in self._helping
 
     def discard(self, digests: Iterable[str]) -> None:
         """Queue the files of dropped blobs for deletion (their ``unlink:`` intents are already written)."""
@@ -77,7 +80,7 @@ class Reclaimer:
         """Before a file for ``digest`` is installed: finish the deletion of its old file, if one is pending
         (and wait for the thread if it is removing that very file right now)."""
         with self._lock:
-            while digest in self._busy:
+            while digest in self._busy or digest in self._helping:
                 self._unlinked.wait()
             if digest not in self._pending:
                 return
@@ -100,7 +103,7 @@ class Reclaimer:
         self._thread.start()
 
     def _run(self) -> None:
-        lower_this_thread()
+        idle_this_thread()
         done: list[str] = []
         while True:
             try:
@@ -183,6 +186,40 @@ class Reclaimer:
             self._forget(await loop.run_in_executor(None, self._remove_pending))
             return True
         return await loop.run_in_executor(None, self.wait_idle, timeout)
+
+    async def freed(self) -> None:
+        """For a request waiting for space: return once the files queued so far are gone. The thread runs on
+        idle CPU only and may be starved by a busy machine, so their files are removed here, in a
+        normal-priority worker; the thread still finds them queued and reports them (its ``rm -f`` of a file
+        already gone costs little), and reports failures as it always does."""
+        if self._thread is None:
+            await self.drained()
+            return
+        await asyncio.get_running_loop().run_in_executor(None, self._free)
+
+    def _free(self) -> None:
+        with self._freeing:
+            with self._lock:  # settle() of any of these waits until they are done: no new file is touched
+                todo = list(self._pending | self._busy)
+                self._helping.update(todo)
+            try:
+                for i in range(0, len(todo), BATCH):
+                    self._unlink_quietly(todo[i:i + BATCH])
+            finally:
+                with self._lock:
+                    self._helping.clear()
+                    self._unlinked.notify_all()
+
+    def _unlink_quietly(self, digests: list[str]) -> None:
+        paths = [p for d in digests for p in self._paths(d)]
+        with contextlib.suppress(OSError):
+            if RM is not None and subprocess.run([RM, "-f", "--", *paths], stdin=subprocess.DEVNULL,
+                                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                                 check=False).returncode == 0:
+                return
+        for path in paths:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
 
     def _remove_pending(self) -> list[str]:
         with self._lock:

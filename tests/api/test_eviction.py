@@ -5,7 +5,9 @@ The clock is injected, so every scenario is deterministic: time moves only when 
 
 from __future__ import annotations
 
+import asyncio
 import os
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -411,3 +413,41 @@ async def test_a_helper_that_dies_mid_pass_leaves_the_rest_of_the_pass_to_the_th
     assert ev._helper is None and not reg.store.layout.follower.exists()
     for i in range(4):
         assert not await served_whole(reg, "cache/app", f"old{i}")
+
+
+async def test_an_upload_that_needs_room_does_not_wait_for_the_background_threads(make_server, clock) -> None:
+    """Background eviction and file removal run on idle CPU only, which a saturated builder may not leave them
+    for a long time. Here both are held up: an upload that needs room still evicts (in a worker of its own,
+    at normal background priority) and gets the space back (it removes the evicted files itself)."""
+    reg = await make_server(max_size=100 * KB, upload_grace=10)
+    old = await image(reg, "cache/app", "old")
+    clock.advance(60)
+    await image(reg, "cache/app", "mid")
+    clock.advance(60)
+    ev, reclaimer = reg.store.evictor, reg.store.reclaimer
+    release = threading.Event()
+    ev._planner.submit(release.wait, 30)  # the idle-CPU worker: busy until released
+    real = reclaimer._remove_batch
+
+    def starved(batch: list[str]) -> list[str]:
+        release.wait(30)
+        return real(batch)
+
+    reclaimer._remove_batch = starved
+    try:
+        data = os.urandom(40 * KB)
+        async with asyncio.timeout(20):
+            async with reg.http.post("/v2/cache/app/blobs/uploads/", params={"digest": sha256(data)},
+                                     data=data) as r:
+                assert r.status == 201, await r.text()
+        assert not await served_whole(reg, "cache/app", "old")
+        assert await served_whole(reg, "cache/app", "mid")
+        assert not os.path.exists(reg.store.files.path(sha256(old[0])))
+        threads = {t.name: t.native_id for t in threading.enumerate()}
+        if hasattr(os, "SCHED_IDLE"):
+            assert os.sched_getscheduler(threads["cachesvc-evict_0"]) == os.SCHED_IDLE
+            assert os.sched_getscheduler(threads["cachesvc-evict-now_0"]) == os.SCHED_OTHER
+            assert os.sched_getscheduler(threads["cachesvc-reclaim"]) == os.SCHED_IDLE
+    finally:
+        release.set()
+    assert await reclaimer.drained(10)

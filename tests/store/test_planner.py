@@ -8,11 +8,15 @@ must leave exactly what the same eviction leaves when planned and written by the
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
+import pytest
+
+from cachesvc.priority import BACKGROUND_NICE
 from cachesvc.store.index import COLUMN_FAMILIES, Index, Mutation
-from cachesvc.store.planner import plan_chain, plan_chains
+from cachesvc.store.planner import PlannerProcess, plan_chain, plan_chains
 from cachesvc.store.records import ManifestRecord
 
 NOW = 1_800_000_000.0
@@ -89,8 +93,10 @@ def test_chained_plans_from_a_follower_equal_the_writer_evicting_root_by_root(tm
     writer, roots = twin(tmp_path, "writer")
     follower = Index(tmp_path / "writer", clock=lambda: NOW, follow=tmp_path / "follower")
     follower.catch_up()
-    plans, consumed = plan_chains(follower, roots[:5], 1 << 40, "budget", 2, 3, no_lease)
+    emitted: list[tuple[object, ...]] = []
+    plans, consumed = plan_chains(follower, roots[:5], 1 << 40, "budget", 2, 3, no_lease, emitted.append)
     assert consumed == 5 and [len(p[3]) for p in plans] == [2, 2, 1]
+    assert emitted == plans  # each handed over as soon as planned, in order (the helper sends them so)
     seen = writer.writes
     for i, (ops, deltas, removed, _roots) in enumerate(plans):
         m = Mutation.replay(writer, ops, deltas, removed, seen + i)
@@ -117,3 +123,27 @@ def test_a_chained_plan_is_refused_once_anything_else_was_written(tmp_path: Path
     second = Mutation.replay(writer, *plans[1][:3], seen + 1)
     assert not writer.write_if_current(second)
     assert writer.manifest(roots[2][1], roots[2][2]) is not None  # the second batch's roots are still there
+
+
+def test_the_helper_plans_on_idle_cpu_only(tmp_path: Path) -> None:
+    """Only background passes use the helper, and they run on idle CPU only (priority.py): the helper
+    process, and the threads its RocksDB starts, are SCHED_IDLE and nice."""
+    if not hasattr(os, "SCHED_IDLE"):
+        pytest.skip("SCHED_IDLE is Linux's; elsewhere the helper is only niced")
+    writer, roots = twin(tmp_path, "writer")
+    helper = PlannerProcess(tmp_path / "writer", tmp_path / "follower")
+    helper.start()
+    try:
+        assert helper.proc is not None
+        tids = os.listdir(f"/proc/{helper.proc.pid}/task")
+        assert len(tids) > 1  # RocksDB's threads too
+        for tid in map(int, tids):
+            assert os.sched_getscheduler(tid) == os.SCHED_IDLE
+            assert os.getpriority(os.PRIO_PROCESS, tid) == BACKGROUND_NICE
+        helper.ask(roots[:2], 1 << 40, "budget", 2, 2, {}, writer.now_ms())
+        first = helper.next_chain(writer.writes)
+        assert not isinstance(first, int) and len(first.roots) == 2
+        assert helper.next_chain(writer.writes + 1) == 2  # done: both candidates used
+    finally:
+        helper.close()
+    assert not (tmp_path / "follower").exists()
