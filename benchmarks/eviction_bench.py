@@ -157,16 +157,16 @@ class PassWatcher:
         self.peak_sum = 0.0
 
     def sample_rss(self) -> None:
-        total = 0.0
-        for pid in (self.pid, self.helper):
-            try:
-                mib = rss_mib(pid) if pid else 0.0
-            except OSError:  # the helper has exited
-                mib = 0.0
-            if pid == self.helper:
-                self.peak_helper = max(self.peak_helper, mib)
-            total += mib
-        self.peak_sum = max(self.peak_sum, total)
+        helper = self._rss(self.helper)
+        self.peak_helper = max(self.peak_helper, helper)
+        self.peak_sum = max(self.peak_sum, self._rss(self.pid) + helper)
+
+    @staticmethod
+    def _rss(pid: int) -> float:
+        try:
+            return rss_mib(pid) if pid else 0.0
+        except OSError:  # the helper has exited
+            return 0.0
 
     def __call__(self) -> bool:
         if self.found is None:

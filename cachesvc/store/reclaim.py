@@ -146,12 +146,8 @@ class Reclaimer:
         and the next start tries again)."""
         if not digests:
             return []
-        if RM is not None:
-            paths = [p for d in digests for p in self._paths(d)]
-            with contextlib.suppress(OSError):
-                if subprocess.run([RM, "-f", "--", *paths], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL, check=False).returncode == 0:
-                    return digests
+        if self._rm(digests):
+            return digests
         gone = []  # no rm, or it could not remove something: one by one, to say what and why
         for digest in digests:
             try:
@@ -211,15 +207,23 @@ class Reclaimer:
                     self._unlinked.notify_all()
 
     def _unlink_quietly(self, digests: list[str]) -> None:
+        if self._rm(digests):
+            return
+        for digest in digests:  # the thread retries what is left, and logs what it cannot remove
+            for path in self._paths(digest):
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+
+    def _rm(self, digests: list[str]) -> bool:
+        """Remove the files of ``digests`` with one ``rm -f``; False if there is no ``rm`` or it failed."""
+        if RM is None:
+            return False
         paths = [p for d in digests for p in self._paths(d)]
-        with contextlib.suppress(OSError):
-            if RM is not None and subprocess.run([RM, "-f", "--", *paths], stdin=subprocess.DEVNULL,
-                                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                                 check=False).returncode == 0:
-                return
-        for path in paths:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+        try:
+            return subprocess.run([RM, "-f", "--", *paths], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL, check=False).returncode == 0
+        except OSError:
+            return False
 
     def _remove_pending(self) -> list[str]:
         with self._lock:
