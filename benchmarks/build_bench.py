@@ -10,7 +10,8 @@ wiped) except ``local``:
 - ``cold``: no cache at all;
 - ``tarball``: the hosted-CI pattern: the cache is archived (tar + zstd) and copied to "remote storage" at a
   limited bandwidth after the build, and copied back, extracted and imported before it (both in the total);
-- ``remote-registry``: CNCF distribution on another "host" (a network namespace behind a ``tc tbf`` veth);
+- ``remote-registry``: CNCF distribution on another "host" (a network namespace behind a ``tc tbf`` veth; with
+  ``--link-rtt MS`` also behind a delay line, ``benchmarks/delayline.py``, that adds that round-trip time);
 - ``cachesvc``: cachesvc co-located on the builder (loopback, local disk), started by launch.sh;
 - ``distribution-colocated`` and ``memory-colocated``: distribution, and a minimal in-memory registry
   (``benchmarks/memregistry.py``, the floor any registry can reach), in cachesvc's place;
@@ -79,6 +80,7 @@ class BenchProfile:
     fixture: Fixture
     tarball_rate: float = 100 * MB  # bytes/s to and from the hosted-CI cache storage
     link_rate: int = 1_000_000_000  # bits/s of the link to the remote registry
+    link_rtt_ms: float = 0.0  # round-trip time added to that link by a delay line (0: the veth's own ~0.05 ms)
     job_timeout: float = 1800
 
 
@@ -238,7 +240,10 @@ class BuildBench:
             if "distribution-colocated" in self.scenarios:
                 wanted["distribution-colocated"] = lambda: env.colocated_distribution(self.pair, self.data, self.logs)
             if "remote-registry" in self.scenarios:
-                wanted["remote-registry"] = lambda: env.remote_distribution(self.pair, self.data, self.logs)
+                rtt = self.p.link_rtt_ms
+                wanted["remote-registry"] = lambda: env.remote_distribution(self.pair, self.data, self.logs, rtt)
+                if rtt > 0:
+                    wanted["remote-delay"] = lambda: env.remote_delay(self.pair, self.logs, rtt, self.p.link_rate)
             if self.engine_name == "buildah" and "cachesvc" in self.scenarios:
                 wanted["cachesvc"] = lambda: env.cachesvc_server(self.pair, self.builder_root / "cachesvc", self.logs)
             for key, make in wanted.items():
@@ -247,7 +252,7 @@ class BuildBench:
                 server.start()
                 self.servers[key] = server
             self.progress(f"registries up: {', '.join(self.servers)}; link to the remote: "
-                          f"{self.pair.qdisc_text() or 'unshaped'}")
+                          f"{self.pair.qdisc_text() or 'unshaped'}, +{self.p.link_rtt_ms:g} ms RTT")
             conf = ContainersConfig(self.data / "containers", insecure_hosts=[f"127.0.0.1:{env.BASE_PORT}"])
             image = build_busybox_layout(self.data / "busybox")
             self.base_ref = f"127.0.0.1:{env.BASE_PORT}/base/busybox:latest"
@@ -266,6 +271,7 @@ class BuildBench:
             self.progress(f"starting the builder ({self.engine_name})")
             self.engine.fresh()
             self.facts = {"engine": self.engine.info(), "link": self.pair.qdisc_text(),
+                          "link_rtt_ms": self.p.link_rtt_ms,
                           "builder_tmpfs": str(self.builder_root), "data_tmpfs": str(self.data)}
             if isinstance(self.engine, env.DockerEngine):
                 self.facts["launch_sh_flags"] = self.engine.flags
@@ -595,7 +601,10 @@ class Stamp:
 
 
 def result_name(profile: BenchProfile, engine: str) -> str:
-    return "build" + ("" if engine == "docker" else f"-{engine}") + ("-smoke" if profile.name == "smoke" else "")
+    """``build[-ENGINE][-rttNms][-smoke]``: a run with a modelled RTT does not overwrite the stock result."""
+    return ("build" + ("" if engine == "docker" else f"-{engine}")
+            + (f"-rtt{profile.link_rtt_ms:g}ms" if profile.link_rtt_ms > 0 else "")
+            + ("-smoke" if profile.name == "smoke" else ""))
 
 
 def _raise_on_sigterm(signum: int, frame: object) -> None:
@@ -608,7 +617,8 @@ def variant_text(profile: BenchProfile) -> str:
     changes = [f"{k} {getattr(profile.fixture, k):g} (stock {getattr(stock.fixture, k):g})"
                for k in asdict(stock.fixture) if getattr(profile.fixture, k) != getattr(stock.fixture, k)]
     changes += [f"{k} {getattr(profile, k):g} (stock {getattr(stock, k):g})"
-                for k in ("reps", "tarball_rate", "link_rate") if getattr(profile, k) != getattr(stock, k)]
+                for k in ("reps", "tarball_rate", "link_rate", "link_rtt_ms")
+                if getattr(profile, k) != getattr(stock, k)]
     return "; ".join(changes)
 
 
@@ -676,6 +686,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="modelled RUN step durations in seconds")
     parser.add_argument("--tarball-rate", type=float, metavar="MB/s", help="hosted-CI cache bandwidth (100)")
     parser.add_argument("--link-rate", type=float, metavar="Mbit/s", help="link to the remote registry (1000)")
+    parser.add_argument("--link-rtt", type=float, metavar="MS", default=0.0,
+                        help="round-trip time a delay line adds to that link (default 0: the veth's ~0.05 ms)")
     parser.add_argument("--workdir", type=Path, help="where the run's tmpfs mounts go (default /var/tmp)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     parser.add_argument("--quiet-wait", type=float, default=0.0, metavar="SECONDS",
@@ -691,7 +703,10 @@ def main(argv: list[str] | None = None) -> int:
         fx = fx.scaled(**{k: float(v) for k, v in (item.split("=", 1) for item in args.durations.split(","))})
     profile = replace(profile, fixture=fx, reps=args.reps or profile.reps,
                       tarball_rate=args.tarball_rate * MB if args.tarball_rate else profile.tarball_rate,
-                      link_rate=int(args.link_rate * 1e6) if args.link_rate else profile.link_rate)
+                      link_rate=int(args.link_rate * 1e6) if args.link_rate else profile.link_rate,
+                      link_rtt_ms=args.link_rtt)
+    if args.link_rtt < 0:
+        raise SystemExit("--link-rtt must be >= 0")
     scenarios = tuple(s.strip() for s in args.scenarios.split(",")) if args.scenarios else SCENARIOS
     unknown = [s for s in scenarios if s not in SCENARIOS]
     if unknown:

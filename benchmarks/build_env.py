@@ -39,6 +39,8 @@ DIST_PORT = 5001
 MEM_PORT = 5002
 BASE_PORT = 5003
 REMOTE_PORT = 5000
+#: the remote registry's port on its own loopback when a delay line (``--link-rtt``) stands in front of it
+REMOTE_INNER_PORT = 5001
 
 
 @dataclass
@@ -196,12 +198,22 @@ def colocated_distribution(pair: NetnsPair, data: Path, logs: Path) -> NsServer:
                     logs / "distribution-colocated.log")
 
 
-def remote_distribution(pair: NetnsPair, data: Path, logs: Path) -> NsServer:
-    cfg = distribution_config(logs / "distribution-remote.yml", data / "distribution-remote",
-                              f"{REMOTE_ADDR}:{REMOTE_PORT}")
+def remote_distribution(pair: NetnsPair, data: Path, logs: Path, rtt_ms: float = 0.0) -> NsServer:
+    """distribution on the remote host: on the veth's address, or behind a delay line there (``rtt_ms`` > 0)."""
+    addr = f"127.0.0.1:{REMOTE_INNER_PORT}" if rtt_ms > 0 else f"{REMOTE_ADDR}:{REMOTE_PORT}"
+    cfg = distribution_config(logs / "distribution-remote.yml", data / "distribution-remote", addr)
     return NsServer("distribution (remote)", pair.remote, pair.exec_in(pair.remote),
-                    [DISTRIBUTION_BIN, "serve", str(cfg)], f"http://{REMOTE_ADDR}:{REMOTE_PORT}",
-                    logs / "distribution-remote.log")
+                    [DISTRIBUTION_BIN, "serve", str(cfg)], f"http://{addr}", logs / "distribution-remote.log")
+
+
+def remote_delay(pair: NetnsPair, logs: Path, rtt_ms: float, rate_bits: int) -> NsServer:
+    """The delay line (``benchmarks/delayline.py``) on the remote host's veth address, in front of its registry:
+    the modelled round-trip time of the link."""
+    return NsServer("delay line (remote)", pair.remote, pair.exec_in(pair.remote),
+                    [sys.executable, "-m", "benchmarks.delayline", "--listen", f"{REMOTE_ADDR}:{REMOTE_PORT}",
+                     "--to", f"127.0.0.1:{REMOTE_INNER_PORT}", "--rtt-ms", f"{rtt_ms:g}",
+                     "--rate-mbit", f"{max(rate_bits, 1) / 1e6:g}"],
+                    f"http://{REMOTE_ADDR}:{REMOTE_PORT}", logs / "delayline.log")
 
 
 def cachesvc_server(pair: NetnsPair, root: Path, logs: Path) -> NsServer:

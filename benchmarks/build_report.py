@@ -60,6 +60,7 @@ def job_table(result: dict[str, Any], case: str) -> list[str]:
 def markdown(result: dict[str, Any]) -> str:
     m, v, st, facts = result["machine"], result["versions"], result["settings"], result.get("facts", {})
     engine = facts.get("engine", {})
+    rtt = st.get("link_rtt_ms", 0)
     lines = [
         f"# Build benchmark: one CI image build with each way of keeping the layer cache "
         f"({result['engine']}, {result['profile']} profile)",
@@ -71,7 +72,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"{'unpigz (pigz)' if v.get('unpigz') else 'Go gzip (no unpigz on PATH)'}.  ",
         f"Fixture: {st['fixture_text']}; {st['reps']} run(s) per scenario, medians shown.  ",
         f"Hosted-CI cache bandwidth {st['tarball_rate'] / MB:.0f} MB/s; link to the remote registry "
-        f"{st['link_rate'] / 1e6:.0f} Mbit/s (`{facts.get('link', '?')}`).  ",
+        f"{st['link_rate'] / 1e6:.0f} Mbit/s (`{facts.get('link', '?')}`), "
+        f"{f'+{rtt:g} ms RTT (delay line)' if rtt else 'no added RTT'}.  ",
         "Builder state and every registry's data are on tmpfs (RAM): see the notes.",
     ]
     if st.get("variant"):
@@ -168,9 +170,11 @@ COMMON_NOTES = [
     "recreating builder state there would measure the disk's trim. On tmpfs fsync costs nothing, which favours "
     "cachesvc and distribution (both fsync) equally; the in-memory registry does not write at all.",
     "The remote registry is CNCF distribution in a network namespace of the benchmark's own, reached over a "
-    "veth pair shaped with tc tbf in both directions. No latency is added (this kernel has no netem): the "
-    "veth's round trip is ~0.05 ms, so the remote scenario models a registry in the same rack or zone; for a "
-    "farther one add about requests x RTT (the requests are sequential at worst).",
+    "veth pair shaped with tc tbf in both directions. By default no latency is added (this kernel has no "
+    "netem): the veth's round trip is ~0.05 ms, a registry in the same rack. With --link-rtt MS a delay line "
+    "(benchmarks/delayline.py) in the remote namespace holds every byte for MS/2 in each direction before the "
+    "registry; it terminates TCP, so connection set-up and slow start do not pay the RTT (a real path would be "
+    "slower), and its CPU counts as ours.",
     "Every co-located registry runs on the builder's loopback (127.0.0.1), in the same private network "
     "namespace as the engine. The hosted-CI storage is a directory on tmpfs reached through a copy paced at the "
     "configured bandwidth.",

@@ -10,8 +10,8 @@ creates (and deletes)::
 Everything the builder does runs inside the builder namespace, so its loopback counters count exactly the
 bytes the benchmark moves between the engine and a co-located registry, and the veth counters the bytes to
 the remote registry. The link's bandwidth is shaped with ``tc qdisc ... tbf`` on both veth ends (this kernel
-has tbf and htb but no netem). Latency is not added: the veth's own round trip is ~0.05 ms, so the remote
-scenario models a registry on a fast, near network (same rack or zone); requests x RTT estimates the rest.
+has tbf and htb but no netem). The veth's own round trip is ~0.05 ms: a registry in the same rack. A farther
+one is modelled by ``benchmarks/delayline.py`` in the remote namespace (``build_bench --link-rtt MS``).
 
 Processes are put into a namespace with ``nsenter --net=/run/netns/NAME`` (only the network namespace:
 dockerd's mounts stay in the machine's mount namespace, where the benchmark can see and release them);

@@ -150,3 +150,32 @@ def test_tbf_args_scale_with_the_rate() -> None:
     assert args[:3] == ["tbf", "rate", "1000000000bit"]
     assert int(args[args.index("burst") + 1]) >= 64 * 1024
     assert int(tbf_args(10_000_000)[4]) == 64 * 1024
+
+
+def test_rtt_sweep_pairs_the_jobs_of_each_repetition(tmp_path: Path) -> None:
+    from benchmarks import rtt_sweep
+
+    def job(rep: int, scenario: str, total: float) -> dict[str, object]:
+        return {"rep": rep, "scenario": scenario, "case": "warm", "total_s": total}
+
+    def row(median: float, totals: list[float]) -> dict[str, object]:
+        return {"total_s": median, "totals": totals, "phases": {"pull": 0.5}, "requests": 20, "verified": True,
+                "other_cores": 0.0}
+
+    result = {
+        "started": "t", "settings": {"link_rtt_ms": 5.0},
+        "jobs": [job(0, "remote-registry", 4.0), job(0, "cachesvc", 2.0), job(1, "cachesvc", 4.0),
+                 job(1, "remote-registry", 4.4), job(2, "remote-registry", 3.0), job(2, "cachesvc", 2.5),
+                 {**job(2, "cachesvc", 9.0), "case": "changed"}],
+        "table": {"warm": {"remote-registry": row(4.0, [4.0, 4.4, 3.0]), "cachesvc": row(2.5, [2.0, 4.0, 2.5])}},
+    }
+    r = rtt_sweep.row(result)
+    assert r["rtt_ms"] == 5.0
+    assert r["paired"] == [2.0, 1.1, 1.2]
+    assert r["paired_median"] == 1.2
+    assert r["ratio"] == 4.0 / 2.5
+    text = rtt_sweep.markdown([r])
+    assert "| 5 ms | 3 | 4.00 | 2.50 | **1.60x** | 1.20x | 2.00, 1.10, 1.20 |" in text
+    assert text.splitlines()[6].endswith("| met |")
+    paths = rtt_sweep.write([r], tmp_path)
+    assert [p.name for p in paths] == ["build-rtt.json", "build-rtt.md"]
