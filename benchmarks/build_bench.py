@@ -48,7 +48,7 @@ from benchmarks import build_report
 from benchmarks.fixture_project import CHANGED_STEPS, STEPS, UNCHANGED_LAYERS, Fixture, change_source, write_context
 from benchmarks.fixture_project import FULL as FULL_FIXTURE
 from benchmarks.fixture_project import SMOKE as SMOKE_FIXTURE
-from benchmarks.netns import REMOTE_ADDR, NetnsPair
+from benchmarks.netns import REMOTE_ADDR, NetnsPair, cpu_by_name
 from benchmarks.procstat import client_cpu_seconds, machine_busy_seconds
 from tests.support.clients import ContainersConfig, parse_request_log
 from tests.support.images import build_busybox_layout
@@ -108,6 +108,7 @@ class Job:
     problem: str = ""
     phases: dict[str, float] = field(default_factory=dict)
     cores: float = 0.0  # cores the benchmark's processes (engine, registries, clients) used during the job
+    cpu_by_process: dict[str, float] = field(default_factory=dict)  # their CPU seconds by process name
     other_cores: float = 0.0  # cores anything else on the machine used meanwhile (perturbation)
 
 
@@ -119,7 +120,8 @@ class Counters:
         self.lo = pair.loopback_bytes()
         self.link = pair.remote_bytes()
         self.busy = machine_busy_seconds()
-        self.ours = pair.cpu_seconds() + client_cpu_seconds()
+        self.procs = pair.processes()
+        self.ours = sum(p.own + p.children for p in self.procs.values()) + client_cpu_seconds()
         self.t0 = time.monotonic()
 
     def bytes(self) -> int:
@@ -134,6 +136,7 @@ class Counters:
 
     def fill(self, job: Job) -> None:
         job.cores, job.other_cores = self.cores()
+        job.cpu_by_process = cpu_by_name(self.procs, self.pair.processes())
 
 
 def wait_quiet(limit: float, progress: Progress, threshold: float = 0.3) -> float:
@@ -539,6 +542,10 @@ class BuildBench:
                 phase_keys = sorted({k for j in jobs for k in j.phases})
                 row["phases"] = {k: statistics.median(j.phases.get(k, 0.0) for j in jobs) for k in phase_keys}
                 row["cores"] = statistics.median(j.cores for j in jobs)
+                names = {k for j in jobs for k in j.cpu_by_process}
+                row["cpu_by_process"] = dict(sorted(
+                    ((k, round(statistics.median(j.cpu_by_process.get(k, 0.0) for j in jobs), 2)) for k in names),
+                    key=lambda kv: -kv[1]))
                 row["other_cores"] = max(j.other_cores for j in jobs)
                 table.setdefault(case, {})[scenario] = row
         cold = table.get("cold", {}).get("cold", {}).get("total_s")

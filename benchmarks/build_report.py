@@ -114,12 +114,13 @@ def markdown(result: dict[str, Any]) -> str:
     if any(row.get("phases") for row in warm.values()) and result["engine"] == "docker":
         lines += ["", "## Where a warm build's time goes (docker, from BuildKit's progress, medians)", "",
                   "| scenario | build s | resolve: to cache manifest imported | pull: to last layer pulled | "
-                  "unpack: to the end (layers applied, image written) | export (push) s |",
-                  "|---|---:|---:|---:|---:|---:|"]
+                  "unpack: to the end (layers applied, image written) | export (push) s | CPU s by process |",
+                  "|---|---:|---:|---:|---:|---:|---|"]
         for scenario, row in warm.items():
             ph = row.get("phases") or {}
             lines.append(f"| {LABELS.get(scenario, scenario)} | {_s(row['build_s'])} | {_s(ph.get('resolve'))} | "
-                         f"{_s(ph.get('pull'))} | {_s(ph.get('unpack'))} | {_s(row['export_s'])} |")
+                         f"{_s(ph.get('pull'))} | {_s(ph.get('unpack'))} | {_s(row['export_s'])} | "
+                         f"{cpu_text(row.get('cpu_by_process') or {})} |")
         lines += ["", *gap_text(warm)]
     lines += ["", "## Notes", ""]
     lines += [f"- {n}" for n in [*NOTES.get(result["engine"], []), *COMMON_NOTES, *result.get("notes", [])]]
@@ -127,6 +128,12 @@ def markdown(result: dict[str, Any]) -> str:
     if charts:
         lines += ["", "## Charts", ""] + [f"![{Path(c).stem}]({Path(c).name})" for c in charts]
     return "\n".join(lines) + "\n"
+
+
+def cpu_text(cpu: dict[str, float], most: int = 5) -> str:
+    """``dockerd 3.10, cachesvc 0.05, ...``: the biggest users first (process names as the kernel has them)."""
+    top = [f"{name} {seconds:.2f}" for name, seconds in list(cpu.items())[:most] if seconds >= 0.01]
+    return ", ".join(top) or "-"
 
 
 def gap_text(warm: dict[str, dict[str, Any]]) -> list[str]:
@@ -153,6 +160,9 @@ COMMON_NOTES = [
     "cache import = restore + (build - local's build): what getting the cache costs a fresh builder beyond "
     "the same all-cached build on a builder that kept its state.",
     "speed-up vs cold = cold total / total; overhead vs local = total - local's total.",
+    "CPU s by process: CPU seconds of the job by process name, each process's own time plus that of the "
+    "children it reaped (dockerd's unpigz and untar helpers count under dockerd), medians; the docker client "
+    "runs outside the namespaces and is not in it.",
     "cores ours / other: CPU the benchmark's own processes (engine, registries, clients: everything in its two "
     "network namespaces and its children) used during the job (median), and what anything else on the machine "
     "used meanwhile (the worst run): above ~0.2 the job was perturbed by other work on this 2-core machine. "

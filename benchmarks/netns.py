@@ -89,6 +89,44 @@ class LinkCounters:
         return self.rx_bytes + self.tx_bytes
 
 
+@dataclass(frozen=True)
+class ProcessCpu:
+    """One process's name and CPU seconds: its own, and its reaped children's (short-lived helpers such as
+    dockerd's unpigz and untar processes show up only there)."""
+
+    comm: str
+    own: float
+    children: float
+
+    @staticmethod
+    def read(pid: int) -> ProcessCpu | None:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                text = f.read()
+        except OSError:
+            return None
+        comm = text[text.index("(") + 1:text.rindex(")")]
+        fields = text.rsplit(")", 1)[1].split()
+        tck = os.sysconf("SC_CLK_TCK")
+        return ProcessCpu(comm, (int(fields[11]) + int(fields[12])) / tck, (int(fields[13]) + int(fields[14])) / tck)
+
+
+def cpu_by_name(before: dict[int, ProcessCpu], after: dict[int, ProcessCpu]) -> dict[str, float]:
+    """CPU seconds used between two ``processes()`` snapshots, by process name (own + reaped children).
+
+    A process that started after ``before`` counts whole; one that ended before ``after`` is lost unless its
+    parent reaped it inside the namespaces (then it is in the parent's children)."""
+    used: dict[str, float] = {}
+    for pid, now in after.items():
+        then = before.get(pid)
+        if then is not None and then.comm != now.comm:
+            then = None  # a re-used pid, or a process that exec'd: count it from zero
+        delta = now.own + now.children - ((then.own + then.children) if then else 0.0)
+        if delta > 0:
+            used[now.comm] = used.get(now.comm, 0.0) + delta
+    return {k: round(v, 2) for k, v in sorted(used.items(), key=lambda kv: -kv[1])}
+
+
 class NetnsPair:
     """The builder and remote namespaces, linked by a rate-limited veth pair; a context manager."""
 
@@ -196,17 +234,19 @@ class NetnsPair:
         out = _ip("netns", "pids", ns, check=False).stdout
         return [int(p) for p in out.split() if p.isdigit()]
 
-    def cpu_seconds(self) -> float:
-        """CPU time of every process in both namespaces, with their reaped children (RUN steps, shims')."""
-        total = 0.0
-        tck = os.sysconf("SC_CLK_TCK")
+    def processes(self) -> dict[int, ProcessCpu]:
+        """Every process in both namespaces, with its CPU time so far."""
+        out = {}
         for ns in (self.builder, self.remote):
             for pid in self.pids(ns):
-                with contextlib.suppress(OSError, ValueError, IndexError):
-                    with open(f"/proc/{pid}/stat") as f:
-                        fields = f.read().rsplit(")", 1)[1].split()
-                    total += sum(int(x) for x in fields[11:15]) / tck
-        return total
+                cpu = ProcessCpu.read(pid)
+                if cpu is not None:
+                    out[pid] = cpu
+        return out
+
+    def cpu_seconds(self) -> float:
+        """CPU time of every process in both namespaces, with their reaped children (RUN steps, shims')."""
+        return sum(p.own + p.children for p in self.processes().values())
 
     def qdisc_text(self) -> str:
         with contextlib.suppress(subprocess.CalledProcessError):

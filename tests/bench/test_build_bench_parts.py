@@ -179,3 +179,23 @@ def test_rtt_sweep_pairs_the_jobs_of_each_repetition(tmp_path: Path) -> None:
     assert text.splitlines()[6].endswith("| met |")
     paths = rtt_sweep.write([r], tmp_path)
     assert [p.name for p in paths] == ["build-rtt.json", "build-rtt.md"]
+
+
+def test_cpu_by_process_name_counts_new_reused_and_reaped() -> None:
+    from benchmarks.build_report import cpu_text
+    from benchmarks.netns import ProcessCpu, cpu_by_name
+
+    before = {1: ProcessCpu("dockerd", 10.0, 1.0), 2: ProcessCpu("cachesvc", 5.0, 0.0),
+              3: ProcessCpu("sh", 1.0, 0.0)}
+    after = {1: ProcessCpu("dockerd", 11.5, 3.0),  # 1.5 own + 2.0 of reaped unpigz/untar children
+             2: ProcessCpu("cachesvc", 5.05, 0.0),
+             3: ProcessCpu("containerd-shim", 0.25, 0.0),  # pid 3 re-used by another program: counts whole
+             4: ProcessCpu("docker-registry", 0.5, 0.0)}  # started during the job
+    used = cpu_by_name(before, after)
+    assert used == {"dockerd": 3.5, "docker-registry": 0.5, "containerd-shim": 0.25, "cachesvc": 0.05}
+    assert list(used) == ["dockerd", "docker-registry", "containerd-shim", "cachesvc"]
+    assert cpu_text(used, most=2) == "dockerd 3.50, docker-registry 0.50"
+    assert cpu_text({}) == "-"
+    me = ProcessCpu.read(os.getpid())
+    assert me is not None and me.own > 0 and me.comm
+    assert ProcessCpu.read(2**22 + 12345) is None  # no such pid
