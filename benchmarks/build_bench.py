@@ -48,8 +48,8 @@ from benchmarks import build_report
 from benchmarks.fixture_project import CHANGED_STEPS, STEPS, UNCHANGED_LAYERS, Fixture, change_source, write_context
 from benchmarks.fixture_project import FULL as FULL_FIXTURE
 from benchmarks.fixture_project import SMOKE as SMOKE_FIXTURE
-from benchmarks.netns import REMOTE_ADDR, NetnsPair, cpu_by_name
-from benchmarks.procstat import client_cpu_seconds, machine_busy_seconds
+from benchmarks.netns import REMOTE_ADDR, NetnsPair
+from benchmarks.procstat import client_cpu_seconds, cpu_by_name, machine_busy_seconds
 from tests.support.clients import ContainersConfig, parse_request_log
 from tests.support.images import build_busybox_layout
 

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from benchmarks.procstat import ProcessCpu
+
 T = TypeVar("T")
 
 CLONE_NEWNET = 0x40000000
@@ -87,44 +89,6 @@ class LinkCounters:
     @property
     def total(self) -> int:
         return self.rx_bytes + self.tx_bytes
-
-
-@dataclass(frozen=True)
-class ProcessCpu:
-    """One process's name and CPU seconds: its own, and its reaped children's (short-lived helpers such as
-    dockerd's unpigz and untar processes show up only there)."""
-
-    comm: str
-    own: float
-    children: float
-
-    @staticmethod
-    def read(pid: int) -> ProcessCpu | None:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                text = f.read()
-        except OSError:
-            return None
-        comm = text[text.index("(") + 1:text.rindex(")")]
-        fields = text.rsplit(")", 1)[1].split()
-        tck = os.sysconf("SC_CLK_TCK")
-        return ProcessCpu(comm, (int(fields[11]) + int(fields[12])) / tck, (int(fields[13]) + int(fields[14])) / tck)
-
-
-def cpu_by_name(before: dict[int, ProcessCpu], after: dict[int, ProcessCpu]) -> dict[str, float]:
-    """CPU seconds used between two ``processes()`` snapshots, by process name (own + reaped children).
-
-    A process that started after ``before`` counts whole; one that ended before ``after`` is lost unless its
-    parent reaped it inside the namespaces (then it is in the parent's children)."""
-    used: dict[str, float] = {}
-    for pid, now in after.items():
-        then = before.get(pid)
-        if then is not None and then.comm != now.comm:
-            then = None  # a re-used pid, or a process that exec'd: count it from zero
-        delta = now.own + now.children - ((then.own + then.children) if then else 0.0)
-        if delta > 0:
-            used[now.comm] = used.get(now.comm, 0.0) + delta
-    return {k: round(v, 2) for k, v in sorted(used.items(), key=lambda kv: -kv[1])}
 
 
 class NetnsPair:

@@ -30,11 +30,51 @@ def hwm_bytes(pid: int) -> int:
     return _status_kib(pid, "VmHWM:") * 1024
 
 
+@dataclass(frozen=True)
+class ProcessCpu:
+    """One process's name and CPU seconds: its own, and its reaped children's (short-lived helpers such as
+    dockerd's unpigz and untar processes show up only there)."""
+
+    comm: str
+    own: float
+    children: float
+
+    @staticmethod
+    def read(pid: int) -> ProcessCpu | None:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                text = f.read()
+        except OSError:
+            return None
+        comm = text[text.index("(") + 1:text.rindex(")")]
+        fields = text.rsplit(")", 1)[1].split()
+        own = (int(fields[11]) + int(fields[12])) / CLK_TCK
+        return ProcessCpu(comm, own, (int(fields[13]) + int(fields[14])) / CLK_TCK)
+
+
+def cpu_by_name(before: dict[int, ProcessCpu], after: dict[int, ProcessCpu]) -> dict[str, float]:
+    """CPU seconds used between two ``{pid: ProcessCpu}`` snapshots (``NetnsPair.processes()``), by process name,
+    own + reaped children.
+
+    A process that started after ``before`` counts whole; one that ended before ``after`` is lost unless a
+    process of the snapshot reaped it (then it is in that parent's children)."""
+    used: dict[str, float] = {}
+    for pid, now in after.items():
+        then = before.get(pid)
+        if then is not None and then.comm != now.comm:
+            then = None  # a re-used pid, or a process that exec'd: count it from zero
+        delta = now.own + now.children - ((then.own + then.children) if then else 0.0)
+        if delta > 0:
+            used[now.comm] = used.get(now.comm, 0.0) + delta
+    return {k: round(v, 2) for k, v in sorted(used.items(), key=lambda kv: -kv[1])}
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process, all its threads included."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    cpu = ProcessCpu.read(pid)
+    if cpu is None:
+        raise ProcessLookupError(pid)
+    return cpu.own
 
 
 def machine_busy_seconds() -> float:

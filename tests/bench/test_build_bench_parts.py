@@ -183,7 +183,7 @@ def test_rtt_sweep_pairs_the_jobs_of_each_repetition(tmp_path: Path) -> None:
 
 def test_cpu_by_process_name_counts_new_reused_and_reaped() -> None:
     from benchmarks.build_report import cpu_text
-    from benchmarks.netns import ProcessCpu, cpu_by_name
+    from benchmarks.procstat import ProcessCpu, cpu_by_name
 
     before = {1: ProcessCpu("dockerd", 10.0, 1.0), 2: ProcessCpu("cachesvc", 5.0, 0.0),
               3: ProcessCpu("sh", 1.0, 0.0)}
