@@ -49,7 +49,7 @@ from benchmarks.fixture_project import CHANGED_STEPS, STEPS, UNCHANGED_LAYERS, F
 from benchmarks.fixture_project import FULL as FULL_FIXTURE
 from benchmarks.fixture_project import SMOKE as SMOKE_FIXTURE
 from benchmarks.netns import REMOTE_ADDR, NetnsPair
-from benchmarks.procstat import client_cpu_seconds, cpu_by_name, machine_busy_seconds
+from benchmarks.procstat import ProcessCpu, client_cpu_seconds, cpu_by_name, machine_busy_seconds
 from tests.support.clients import ContainersConfig, parse_request_log
 from tests.support.images import build_busybox_layout
 
@@ -121,22 +121,26 @@ class Counters:
         self.link = pair.remote_bytes()
         self.busy = machine_busy_seconds()
         self.procs = pair.processes()
-        self.ours = sum(p.own + p.children for p in self.procs.values()) + client_cpu_seconds()
+        self.ours = self._ours(self.procs)
         self.t0 = time.monotonic()
+
+    @staticmethod
+    def _ours(procs: dict[int, ProcessCpu]) -> float:
+        """CPU seconds of the benchmark's own processes: everything in the namespaces (with the children they
+        reaped: RUN steps, shims'), and this process with its waited-for children (the engine's client)."""
+        return sum(p.total for p in procs.values()) + client_cpu_seconds()
 
     def bytes(self) -> int:
         return (self.pair.loopback_bytes() - self.lo) + (self.pair.remote_bytes() - self.link)
 
-    def cores(self) -> tuple[float, float]:
-        """(cores the benchmark's own processes used, cores anything else on the machine used)."""
-        elapsed = max(time.monotonic() - self.t0, 1e-3)
-        ours = (self.pair.cpu_seconds() + client_cpu_seconds() - self.ours) / elapsed
-        busy = (machine_busy_seconds() - self.busy) / elapsed
-        return round(ours, 2), round(max(0.0, busy - ours), 2)
-
     def fill(self, job: Job) -> None:
-        job.cores, job.other_cores = self.cores()
-        job.cpu_by_process = cpu_by_name(self.procs, self.pair.processes())
+        """The job's cores (ours and anything else's) and CPU seconds by process, from one snapshot of /proc."""
+        procs = self.pair.processes()
+        elapsed = max(time.monotonic() - self.t0, 1e-3)
+        ours = (self._ours(procs) - self.ours) / elapsed
+        busy = (machine_busy_seconds() - self.busy) / elapsed
+        job.cores, job.other_cores = round(ours, 2), round(max(0.0, busy - ours), 2)
+        job.cpu_by_process = cpu_by_name(self.procs, procs)
 
 
 def wait_quiet(limit: float, progress: Progress, threshold: float = 0.3) -> float:

@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--listen", required=True, metavar="HOST:PORT")
     parser.add_argument("--to", required=True, metavar="HOST:PORT", help="the upstream server")
     parser.add_argument("--rtt-ms", type=float, required=True, help="round-trip time to add (half each way)")
-    parser.add_argument("--rate-mbit", type=float, default=1000.0, help="link rate, to size the pipes (1000)")
+    parser.add_argument("--rate-mbit", type=float, default=1000.0, help="link rate, to size the queues (1000)")
     args = parser.parse_args(argv)
     if args.rtt_ms < 0:
         parser.error("--rtt-ms must be >= 0")

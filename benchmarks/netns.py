@@ -208,10 +208,6 @@ class NetnsPair:
                     out[pid] = cpu
         return out
 
-    def cpu_seconds(self) -> float:
-        """CPU time of every process in both namespaces, with their reaped children (RUN steps, shims')."""
-        return sum(p.own + p.children for p in self.processes().values())
-
     def qdisc_text(self) -> str:
         with contextlib.suppress(subprocess.CalledProcessError):
             return _tc("-n", self.builder, "qdisc", "show", "dev", self.veth_builder).stdout.strip()

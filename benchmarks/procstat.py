@@ -39,6 +39,10 @@ class ProcessCpu:
     own: float
     children: float
 
+    @property
+    def total(self) -> float:
+        return self.own + self.children
+
     @staticmethod
     def read(pid: int) -> ProcessCpu | None:
         try:
@@ -63,7 +67,7 @@ def cpu_by_name(before: dict[int, ProcessCpu], after: dict[int, ProcessCpu]) -> 
         then = before.get(pid)
         if then is not None and then.comm != now.comm:
             then = None  # a re-used pid, or a process that exec'd: count it from zero
-        delta = now.own + now.children - ((then.own + then.children) if then else 0.0)
+        delta = now.total - (then.total if then else 0.0)
         if delta > 0:
             used[now.comm] = used.get(now.comm, 0.0) + delta
     return {k: round(v, 2) for k, v in sorted(used.items(), key=lambda kv: -kv[1])}
